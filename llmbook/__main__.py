@@ -1,0 +1,3 @@
+from llmbook.assets import main
+
+raise SystemExit(main())
