@@ -63,6 +63,19 @@ def device_description(device=None) -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def _quiet_library_progress_bars() -> None:
+    """Weight-loading and dataset-map progress bars say nothing a reader needs in a chapter."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        import datasets
+
+        datasets.disable_progress_bars()
+    except ImportError:  # transformers/datasets are optional for the package's lighter helpers
+        pass
+
+
 def setup(seed: int = 0, threads: int | None = None, device: str | None = None, quiet: bool = False):
     """Fix seeds and threads, choose the device, print versions; return the device.
 
@@ -74,6 +87,7 @@ def setup(seed: int = 0, threads: int | None = None, device: str | None = None, 
     torch.set_num_threads(wanted)
     set_seed(seed)
     chosen = pick_device(device)
+    _quiet_library_progress_bars()
     if not quiet:
         info = versions()
         print(f"profile: {profile.current()}   seed: {seed}   device: {device_description(chosen)}")

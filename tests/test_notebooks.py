@@ -1,0 +1,112 @@
+"""Checks of the committed notebooks: fresh stamps, structure, glue keys, exercise format."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from llmbook import execute
+
+pytestmark = pytest.mark.notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+# The headline numbers each chapter must glue (from its issue); book/results.md pastes them.
+REQUIRED_GLUE = {
+    "00_quickstart.ipynb": {"polarity_n_train", "ner_n_train", "shakespeare_n_chars"},
+}
+GLUE_MIME = "application/papermill.record/"
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def _glued(nb) -> set[str]:
+    keys = set()
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if any(k.startswith(GLUE_MIME) for k in out.get("data", {})):
+                keys.add(out["metadata"]["scrapbook"]["name"])
+    return keys
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stamp_is_full_and_fresh(path):
+    assert execute.check_notebook(path) == []
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_outputs_are_clean(path):
+    nb = _read(path)
+    assert "widgets" not in nb.metadata, "saved widget state: re-run through llmbook.execute"
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            assert out["output_type"] != "error", f"error output in {path.name}"
+            assert "application/vnd.jupyter.widget-view+json" not in out.get("data", {})
+        if cell.cell_type == "code":
+            assert cell.execution_count is not None, f"unexecuted code cell in {path.name}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_colab_cell_matches_the_config(path):
+    first_code = next(c for c in _read(path).cells if c.cell_type == "code")
+    repo = CONFIG["repository"]["url"]
+    assert '"google.colab" in sys.modules' in first_code.source
+    assert f'REPO_URL = "{repo}"' in first_code.source
+    owner_repo = repo.removeprefix("https://github.com/")
+    badge = f"colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{path.name}"
+    assert badge in _read(path).cells[0].source, "the Colab badge must point at this notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_required_glue_keys_and_prose_references(path):
+    nb = _read(path)
+    glued = _glued(nb)
+    assert REQUIRED_GLUE.get(path.name, set()) <= glued
+    prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for key in re.findall(r"\{glue(?::\w+)?\}`([^`:]+)", prose):
+        assert key in glued, f"prose pastes {key!r}, which the notebook never glues"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_exercises_follow_the_nbgrader_format(path):
+    cells = _read(path).cells
+    ids = set()
+    for i, cell in enumerate(cells):
+        meta = cell.metadata.get("nbgrader")
+        if not meta:
+            assert "### BEGIN SOLUTION" not in cell.source
+            continue
+        assert meta["grade_id"] not in ids, "duplicate nbgrader grade_id"
+        ids.add(meta["grade_id"])
+        if meta.get("solution"):
+            assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
+            assert "hide-input" in cell.metadata.get("tags", [])
+            test = cells[i + 1]
+            assert test.metadata.get("nbgrader", {}).get("grade") is True, "a solution needs a graded test cell after it"
+            assert "assert" in test.source
+        elif meta.get("grade"):
+            assert meta.get("locked") is True and meta.get("points", 0) > 0
+
+
+def test_every_notebook_and_page_is_in_the_toc():
+    toc = (ROOT / "_toc.yml").read_text()
+    for path in NOTEBOOKS:
+        assert f"notebooks/{path.stem}" in toc, f"{path.name} is missing from _toc.yml"
+    for page in (ROOT / "book").glob("*.md"):
+        assert f"book/{page.stem}" in toc
+
+
+def test_config_builds_from_committed_outputs():
+    assert CONFIG["execute"]["execute_notebooks"] == "off"
+    assert CONFIG["launch_buttons"]["colab_url"] and CONFIG["launch_buttons"]["binderhub_url"]
