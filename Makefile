@@ -25,8 +25,8 @@ endef
 
 # pytest exits 5 when it collected no test: in this suite that is always a mistake.
 define pytest_strict
-	rc=0; $(BIN)/pytest $(1) || rc=$$?; \
-	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for '$(1)'"; rc=1; fi; exit $$rc
+	( rc=0; $(BIN)/pytest $(1) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for '$(1)'"; rc=1; fi; exit $$rc )
 endef
 
 .PHONY: help install assets book test unit freshness nbval build check execute lab clean

@@ -44,8 +44,12 @@ def load_encoder(task: str = "embedding", *, labels: Sequence[str] | None = None
     or ``"token-classification"`` (a new, randomly initialised head with ``labels``).
     Returns ``(model, tokenizer)``.
     """
-    from transformers import (AutoModel, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification, AutoTokenizer)
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
 
     if task not in ENCODER_TASKS:
         raise ValueError(f"unknown encoder task {task!r}; choose one of {', '.join(ENCODER_TASKS)}")

@@ -34,7 +34,7 @@ class Seqeval(evaluate.Metric):
 
     def _compute(self, predictions, references, suffix=False, scheme=None, mode=None,
                  sample_weight=None, zero_division=0):
-        for i, (p, r) in enumerate(zip(predictions, references)):
+        for i, (p, r) in enumerate(zip(predictions, references, strict=True)):
             if len(p) != len(r):
                 raise ValueError(f"sentence {i}: {len(p)} predicted tags but {len(r)} gold tags")
         if scheme is not None:
