@@ -24,8 +24,9 @@ define timed
 endef
 
 # pytest exits 5 when it collected no test: in this suite that is always a mistake.
+# $(call pytest_strict,pytest arguments[,command prefix])
 define pytest_strict
-	( rc=0; $(BIN)/pytest $(1) || rc=$$?; \
+	( rc=0; $(2) $(BIN)/pytest $(1) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests for '$(1)'"; rc=1; fi; exit $$rc )
 endef
 
@@ -41,12 +42,12 @@ help:
 	@echo "make clean     remove the venv and the build (the asset cache stays)"
 
 $(INSTALLED): requirements.txt constraints.txt pyproject.toml
-	@start=$$(date +%s); \
+	@set -o pipefail; start=$$(date +%s); quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }; \
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip && \
-	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 && \
-	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt && \
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . && \
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | quiet && \
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | quiet && \
+	$(BIN)/pip install -q --disable-pip-version-check -r requirements.txt -c constraints.txt 2>&1 | quiet && \
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | quiet && \
 	$(BIN)/python -c "import torch, llmbook; assert torch.__version__.startswith('2.13.0'), torch.__version__" && \
 	touch $@ && echo "[time] install: $$(( $$(date +%s) - start )) s"
 
@@ -68,7 +69,7 @@ freshness: $(INSTALLED)
 	$(call timed,freshness,$(BIN)/python -m llmbook.execute --check && $(call pytest_strict,-q -m notebooks tests))
 
 nbval: $(INSTALLED)
-	$(call timed,notebooks (smoke),LLMBOOK_PROFILE=smoke $(call pytest_strict,-q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider notebooks))
+	$(call timed,notebooks (smoke; offline),$(call pytest_strict,-q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider notebooks,env LLMBOOK_PROFILE=smoke .ci/offline))
 
 test: assets
 	@start=$$(date +%s); $(MAKE) --no-print-directory unit freshness nbval build; rc=$$?; \
