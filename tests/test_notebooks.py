@@ -19,6 +19,7 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 # The headline numbers each chapter must glue (from its issue); book/results.md pastes them.
 REQUIRED_GLUE = {
     "00_quickstart.ipynb": {"polarity_n_train", "ner_n_train", "shakespeare_n_chars"},
+    "02_losses.ipynb": {"grad_max_abs_err", "adamw_vs_l2_gap"},
 }
 GLUE_MIME = "application/papermill.record/"
 
