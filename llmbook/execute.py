@@ -23,6 +23,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -142,7 +143,11 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600,
                                 resources={"metadata": {"path": str(path.parent.resolve())}},
                                 store_widget_state=True)
         start = time.perf_counter()
-        client.execute()
+        try:
+            client.execute()
+        except Exception as err:
+            kept = _keep_failed_run(nb, path)
+            raise StampError(f"{err}\n  the outputs up to the failing cell are in {kept}") from err
         wall = time.perf_counter() - start
     finally:
         if previous is None:
@@ -161,6 +166,20 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600,
     probe["wall_time_s"] = round(wall, 1)
     widgets_to_text(nb)
     return nb, probe
+
+
+def _keep_failed_run(nb: nbformat.NotebookNode, path: Path) -> Path:
+    """Save a failed run's outputs, for the author to read, where no check mistakes it for the chapter.
+
+    The folder is ``$LLMBOOK_FAILED_DIR``, by default ``llmbook-failed`` in the system's temporary folder.
+    """
+    if nb.cells and PROBE_MARK in nb.cells[-1].source:
+        nb.cells.pop()
+    widgets_to_text(nb)
+    target = Path(os.environ.get("LLMBOOK_FAILED_DIR") or Path(tempfile.gettempdir()) / "llmbook-failed") / path.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, target)
+    return target
 
 
 def make_stamp(nb: nbformat.NotebookNode, probe: dict, profile: str) -> dict:

@@ -61,14 +61,21 @@ def test_smoke_run_never_overwrites_the_notebook(executed, tmp_path):
     assert "smoke 42" in (tmp_path / "out" / "tiny.ipynb").read_text()
 
 
-def test_failing_notebook_is_reported_and_left_alone(tmp_path):
+def test_failing_notebook_is_reported_and_left_alone(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LLMBOOK_FAILED_DIR", str(tmp_path / "failed"))
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("raise ValueError('boom')")]
+    nb.cells = [nbformat.v4.new_code_cell("print('before')"), nbformat.v4.new_code_cell("raise ValueError('boom')")]
     path = tmp_path / "bad.ipynb"
     nbformat.write(nb, path)
     before = path.read_text()
     assert execute.main([str(path)]) == 1
     assert path.read_text() == before
+    # the outputs up to the failure are kept elsewhere, unstamped and without the probe cell
+    kept = tmp_path / "failed" / "bad.ipynb"
+    assert str(kept) in capsys.readouterr().err
+    failed = nbformat.read(kept, as_version=4)
+    assert failed.cells[0].outputs[0]["text"] == "before\n" and len(failed.cells) == 2
+    assert "llmbook" not in failed.metadata
 
 
 def test_unknown_profile_is_refused(executed, capsys):

@@ -19,7 +19,15 @@ CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
 # The headline numbers each chapter must glue (from its issue); book/results.md pastes them.
 REQUIRED_GLUE = {
     "00_quickstart.ipynb": {"polarity_n_train", "ner_n_train", "shakespeare_n_chars"},
+    "01_pretraining.ipynb": {"tokenizer_compression_ratio", "pretrain_char_val_loss", "pretrain_minutes",
+                             "pretrain_bpc_ours", "pretrain_bpc_smollm2", "mlm_top1_acc"},
     "02_losses.ipynb": {"grad_max_abs_err", "adamw_vs_l2_gap"},
+    "03a_fine_tuning_classification.ipynb": {
+        "ft_acc_full", "ft_acc_trainer", "ft_acc_majority", "ft_acc_tfidf", "ft_acc_probe",
+        "ft_acc_scratch", "ft_train_eps_loop", "ft_train_eps_trainer"},
+    "03b_fine_tuning_ner.ipynb": {"ner_entity_f1", "ner_token_acc_with_O"},
+    "05_prompting.ipynb": {"zs_acc_generate", "zs_acc_scoring", "zs_acc_calibrated", "fs_acc_best",
+                           "emb_acc_k16"},
 }
 GLUE_MIME = "application/papermill.record/"
 
@@ -28,13 +36,30 @@ def _read(path: Path) -> nbformat.NotebookNode:
     return nbformat.read(path, as_version=4)
 
 
-def _glued(nb) -> set[str]:
-    keys = set()
+def _glued_values(nb) -> dict[str, str]:
+    """Glue key -> the text/plain form that myst-nb pastes."""
+    values = {}
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            if any(k.startswith(GLUE_MIME) for k in out.get("data", {})):
-                keys.add(out["metadata"]["scrapbook"]["name"])
-    return keys
+            data = out.get("data", {})
+            if any(k.startswith(GLUE_MIME) for k in data):
+                values[out["metadata"]["scrapbook"]["name"]] = data.get(GLUE_MIME + "text/plain", "")
+    return values
+
+
+def _glued(nb) -> set[str]:
+    return set(_glued_values(nb))
+
+
+# {glue:text}`key:spec` or {glue:text}`../notebooks/x.ipynb::key:spec`
+TEXT_PASTE = re.compile(r"\{glue:text\}`(?:([^`]+?\.ipynb)::)?([^`:]+)(?::([^`]*))?`")
+
+
+def _text_pastes(source: str, default_notebook: Path):
+    for match in TEXT_PASTE.finditer(source):
+        notebook, key, spec = match.groups()
+        path = (ROOT / "notebooks" / Path(notebook).name) if notebook else default_notebook
+        yield path, key, spec or ""
 
 
 def test_there_are_notebooks():
@@ -77,6 +102,29 @@ def test_required_glue_keys_and_prose_references(path):
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for key in re.findall(r"\{glue(?::\w+)?\}`([^`:]+)", prose):
         assert key in glued, f"prose pastes {key!r}, which the notebook never glues"
+
+
+PAGES_WITH_GLUE = [p for p in sorted((ROOT / "book").glob("*.md")) if "{glue" in p.read_text()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + PAGES_WITH_GLUE, ids=lambda p: p.name)
+def test_every_text_paste_formats(path):
+    """myst-nb formats {glue:text}`key:.3f` with float() of the text/plain form; a numpy
+    scalar glued as ``np.float64(0.8)`` cannot be parsed, so the book build would fail."""
+    from myst_nb.core.variables import format_plain_text
+
+    if path.suffix == ".ipynb":
+        source = "\n".join(c.source for c in _read(path).cells if c.cell_type == "markdown")
+    else:
+        source = path.read_text()
+    for notebook, key, spec in _text_pastes(source, path):
+        values = _glued_values(_read(notebook))
+        assert key in values, f"{path.name} pastes {key!r}, which {notebook.name} never glues"
+        try:
+            format_plain_text(values[key], spec)
+        except (TypeError, ValueError) as exc:
+            raise AssertionError(f"{path.name}: {key}={values[key]!r} cannot be formatted as {spec!r}: "
+                                 "glue a plain float or int") from exc
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
