@@ -20,7 +20,7 @@ model's parameters: every function only reads the model's next-token distributio
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import math
 import os
 import re
@@ -279,6 +279,30 @@ def _ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+@contextlib.contextmanager
+def _grouped_query_sdpa(device):
+    """On a CPU, let transformers hand grouped-query attention to ``scaled_dot_product_attention``
+    (``enable_gqa``) instead of first copying each key/value head to every query head it serves.
+
+    With a padding mask transformers copies by default, because on CUDA a masked GQA call falls
+    back to the slow kernel; torch's CPU kernel takes the mask and the grouped heads as they are
+    (the same result without the copies, which dominate attention with a long cached prefix). Other devices
+    are left alone.
+    """
+    if getattr(device, "type", device) != "cpu":
+        yield
+        return
+    key, before = "TRANSFORMERS_SDPA_FORCE_GQA", os.environ.get("TRANSFORMERS_SDPA_FORCE_GQA")
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def _pad(sequences: list[list[int]], pad_id: int, side: str):
     import torch
 
@@ -320,7 +344,7 @@ def score_label_words(model, tokenizer, prompts: Sequence[str], label_ids: Seque
 
         starts = tqdm(starts, desc="scoring", leave=False)
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _grouped_query_sdpa(device):
         for start in starts:
             chunk = [sequences[i] for i in order[start:start + batch_size]]
             inputs = _batch_inputs(chunk, pad_id, prefix_cache, prefix_len, device)
@@ -399,7 +423,8 @@ def _encode_batches(model, tokenizer, prompts: Sequence[str], prefix: str | None
             sequences.append(suffix)
         prefix_len = len(prefix_ids)
         with torch.inference_mode():
-            prefix_cache = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+            cache = model(input_ids=torch.tensor([prefix_ids], device=device), use_cache=True).past_key_values
+        prefix_cache = [(layer.keys, layer.values) for layer in cache.layers]
     else:
         sequences = [_ids(tokenizer, p) for p in prompts]
     if any(len(s) == 0 for s in sequences):
@@ -416,8 +441,13 @@ def _batch_inputs(chunk: list[list[int]], pad_id: int, prefix_cache, prefix_len:
     position_ids = prefix_len + (mask.cumsum(-1) - 1).clamp(min=0)
     inputs = {}
     if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(len(chunk))
+        from transformers import DynamicCache
+
+        # a fresh cache whose prefix keys/values are broadcast views of the batch-1 prefix: no copy
+        # until the model concatenates the new tokens (the prefix itself is never modified)
+        n = len(chunk)
+        cache = DynamicCache(ddp_cache_data=[(keys.expand(n, -1, -1, -1), values.expand(n, -1, -1, -1))
+                                             for keys, values in prefix_cache])
         mask = torch.cat([torch.ones(len(chunk), prefix_len, dtype=torch.long), mask], dim=1)
         inputs["past_key_values"] = cache
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device),
@@ -446,7 +476,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], *, max_new_tokens
 
         starts = tqdm(starts, desc="generating", leave=False)
     answers: list[str] = [""] * len(sequences)
-    with torch.inference_mode():
+    with torch.inference_mode(), _grouped_query_sdpa(device):
         for start in starts:
             rows = order[start:start + batch_size]
             inputs = _batch_inputs([sequences[i] for i in rows], pad_id, prefix_cache, prefix_len, device)

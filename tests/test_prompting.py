@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -266,3 +267,16 @@ def test_generate_answers_matches_transformers_generate(model, tokenizer):
     cached = P.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=5,
                                 prefix=P.common_prefix(prompts, tokenizer))
     assert cached == expected
+
+
+def test_grouped_query_switch_is_scoped_to_the_call(model, tokenizer, monkeypatch):
+    prompts = _prompts(tokenizer)
+    ids = P.label_word_ids(tokenizer, _single_token_words(tokenizer, 2))
+    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
+    P.score_label_words(model, tokenizer, prompts, ids, prefix=P.common_prefix(prompts, tokenizer))
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
+    P.generate_answers(model, tokenizer, prompts, max_new_tokens=2)
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+    with P._grouped_query_sdpa(torch.device("meta")):  # not a CPU: left alone
+        assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
