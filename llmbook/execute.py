@@ -182,6 +182,38 @@ def _keep_failed_run(nb: nbformat.NotebookNode, path: Path) -> Path:
     return target
 
 
+def cpu_bf16_support(cpuinfo: str | None = None) -> str:
+    """Whether this CPU multiplies in bfloat16 natively: "native (AMX)", "native (AVX-512 BF16)",
+    "native (Arm BF16)", "emulated" (none of these: bf16 runs many times slower than fp32) or
+    "unknown" (no flags to read).
+
+    Stamped with each CPU run, because a chapter's run time depends on it as much as on the
+    number of cores. ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when not given).
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[-1].split())
+    if not flags:
+        return "unknown"
+    if "amx_bf16" in flags:
+        return "native (AMX)"
+    if "avx512_bf16" in flags:
+        return "native (AVX-512 BF16)"
+    if "bf16" in flags:  # Arm (Features line)
+        return "native (Arm BF16)"
+    return "emulated"
+
+
+def _device_with_bf16(device: str) -> str:
+    return f"{device}; bf16 {cpu_bf16_support()}" if device.startswith("cpu") else device
+
+
 def make_stamp(nb: nbformat.NotebookNode, probe: dict, profile: str) -> dict:
     return {
         "profile": profile,
@@ -189,7 +221,7 @@ def make_stamp(nb: nbformat.NotebookNode, probe: dict, profile: str) -> dict:
         "modules": module_hashes(sorted(probe["modules"])),
         "wall_time_s": probe["wall_time_s"],
         "versions": probe["versions"],
-        "device": probe["device"],
+        "device": _device_with_bf16(probe["device"]),
         "executed_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 
@@ -256,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             target.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, target)
-        print(f"  ok in {probe['wall_time_s']:.0f} s on {probe['device']}"
+        print(f"  ok in {probe['wall_time_s']:.0f} s on {_device_with_bf16(probe['device'])}"
               + (f"; written to {target}" if target else " (smoke run: notebook not overwritten)"))
     return 1 if failed else 0
 

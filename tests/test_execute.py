@@ -27,6 +27,8 @@ def test_full_run_writes_outputs_and_a_complete_stamp(executed):
     assert stamp["profile"] == "full" and stamp["code_hash"] == execute.code_hash(nb)
     assert "llmbook/profile.py" in stamp["modules"] and "llmbook/data.py" not in stamp["modules"]
     assert set(stamp) >= {"wall_time_s", "versions", "device", "executed_at"}
+    if stamp["device"].startswith("cpu"):  # the run time depends on it: the stamp says it
+        assert f"; bf16 {execute.cpu_bf16_support()}" in stamp["device"]
     assert len(nb.cells) == 2  # the module probe cell is removed again
     assert execute.check_notebook(executed) == []
 
@@ -95,3 +97,19 @@ def test_widget_outputs_become_their_final_text_bar():
     assert execute.widgets_to_text(nb) == 1
     assert nb.cells[0].outputs[0]["text"] == "train: 100%|██████████| 5/5 [00:01<00:00,  4.9it/s]\n"
     assert "widgets" not in nb.metadata
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile", "native (AMX)"),
+    ("fpu sse2 avx2 avx512f avx512_bf16", "native (AVX-512 BF16)"),
+    ("fpu sse2 avx2 fma", "emulated"),
+])
+def test_cpu_bf16_support_reads_the_flags(flags, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert execute.cpu_bf16_support(cpuinfo) == expected
+
+
+def test_cpu_bf16_support_arm_and_unknown():
+    assert execute.cpu_bf16_support("Features\t: fp asimd bf16 i8mm\n") == "native (Arm BF16)"
+    assert execute.cpu_bf16_support("Features\t: fp asimd\n") == "emulated"
+    assert execute.cpu_bf16_support("no flags here\n") == "unknown"
