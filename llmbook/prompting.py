@@ -99,18 +99,15 @@ def inference_dtype(device=None):
     """``torch.bfloat16`` where the device multiplies in bf16 natively, else ``torch.float32``.
 
     CUDA GPUs with bf16 support and CPUs with AVX-512 BF16 or AMX run bf16 matrix products
-    several times faster than fp32; elsewhere bf16 is emulated and slower, so fp32 it is.
+    several times faster than fp32; elsewhere bf16 is emulated and slower, so fp32 it is
+    (:func:`llmbook.hardware.bf16_is_native` decides).
     """
     import torch
 
+    from llmbook import hardware
+
     device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, name, lambda: False)() for name in
-                  ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return torch.bfloat16 if any(native) else torch.float32
-    return torch.float32
+    return torch.bfloat16 if hardware.bf16_is_native(device) else torch.float32
 
 
 # --------------------------------------------------------------------------- label words
