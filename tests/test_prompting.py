@@ -278,5 +278,8 @@ def test_grouped_query_switch_is_scoped_to_the_call(model, tokenizer, monkeypatc
     monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
     P.generate_answers(model, tokenizer, prompts, max_new_tokens=2)
     assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+    with P._grouped_query_sdpa(torch.device("cpu")):  # on a CPU the switch is on inside the call
+        assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
     with P._grouped_query_sdpa(torch.device("meta")):  # not a CPU: left alone
         assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
