@@ -69,7 +69,7 @@ freshness: $(INSTALLED)
 	$(call timed,freshness,$(BIN)/python -m llmbook.execute --check && $(call pytest_strict,-q -m notebooks tests))
 
 nbval: $(INSTALLED)
-	$(call timed,notebooks (smoke; offline),$(call pytest_strict,-q --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider notebooks,env LLMBOOK_PROFILE=smoke .ci/offline))
+	$(call timed,notebooks (smoke; offline),$(call pytest_strict,-q --nbval-lax --nbval-current-env --nbval-sanitize-with .ci/nbval-sanitize.cfg --nbval-cell-timeout=900 -p no:cacheprovider notebooks,env LLMBOOK_PROFILE=smoke .ci/offline))
 
 test: assets
 	@start=$$(date +%s); $(MAKE) --no-print-directory unit freshness nbval build; rc=$$?; \
