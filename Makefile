@@ -76,7 +76,7 @@ test: assets
 	echo "[time] make test total (after install and assets): $$(( $$(date +%s) - start )) s"; exit $$rc
 
 check: $(INSTALLED)
-	$(call timed,check,$(BIN)/python -m llmbook.execute --check && $(BIN)/ruff check llmbook tests && $(call pytest_strict,-q -x -m "not assets and not notebooks" tests))
+	$(call timed,check,$(BIN)/python -m llmbook.execute --check && $(BIN)/ruff check llmbook tests notebooks && $(call pytest_strict,-q -x -m "not assets and not notebooks" tests))
 
 execute: assets
 	$(BIN)/python -m llmbook.execute --profile full $(NB)

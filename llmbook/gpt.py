@@ -6,10 +6,10 @@ Defined in chapter 1 (pretraining) and reused later:
 - :class:`GPTConfig`, :class:`CausalSelfAttention`, :class:`MLP`, :class:`Block`, :class:`GPT`:
   a GPT-2-style decoder (pre-LayerNorm blocks, learned positions, tied embeddings)
 - :func:`param_count_formula`, :func:`flops_per_token`: the bookkeeping behind scaling laws
-- :func:`lr_at`, :func:`get_batch`, :func:`train_lm`: the pretraining loop (AdamW, linear
-  warmup, cosine decay, gradient clipping)
-- :func:`evaluate_loss`, :func:`sliding_window_nll`, :func:`bits_per_char`: tokenizer-independent
-  evaluation
+- :class:`PretrainConfig`, :func:`get_batch`, :func:`train_lm`: the pretraining loop (AdamW,
+  linear warmup, cosine decay and gradient clipping, all from :mod:`llmbook.optim`)
+- :func:`evaluate_loss`, :func:`sliding_window_nll`: tokenizer-independent evaluation (with
+  :func:`llmbook.losses.bits_per_char`)
 - :func:`mlm_mask`: the BERT masking rule (15 %, then 80/10/10)
 """
 
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_INDEX = -100  # label value that cross-entropy skips (PyTorch and transformers convention)
-
+from llmbook.losses import IGNORE_INDEX
+from llmbook.optim import make_optimizer, warmup_cosine_lr
 
 # --------------------------------------------------------------------------- tokenizer
 
@@ -298,20 +298,6 @@ def flops_per_token(config: GPTConfig, *, training: bool = True, seq_len: int | 
 # --------------------------------------------------------------------------- training
 
 
-def lr_at(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, max_steps: int) -> float:
-    """Learning rate at ``step``: linear warmup to ``max_lr``, then cosine decay to ``min_lr``."""
-    if not 0 <= warmup_steps <= max_steps or max_steps < 1:
-        raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= max_steps ({max_steps}) and max_steps >= 1")
-    if step < 0:
-        raise ValueError(f"step must be non-negative, got {step}")
-    if step < warmup_steps:
-        return max_lr * (step + 1) / warmup_steps
-    if step >= max_steps:
-        return min_lr
-    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
 def get_batch(ids: torch.Tensor, batch_size: int, block_size: int,
               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows ``x`` of ``block_size`` tokens and their targets ``y`` (``x`` shifted left by one)."""
@@ -344,18 +330,8 @@ def evaluate_loss(model: GPT, ids: torch.Tensor, *, batch_size: int, n_batches: 
     return float(sum(losses) / len(losses))
 
 
-def configure_optimizer(model: nn.Module, *, lr: float, weight_decay: float,
-                        betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.AdamW:
-    """AdamW that decays matrices (weights, embeddings) but not biases and LayerNorm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
-
-
 @dataclass
-class TrainConfig:
+class PretrainConfig:
     """Optimisation settings of :func:`train_lm` (defaults: nanoGPT's shakespeare_char recipe)."""
 
     max_steps: int = 2000
@@ -365,7 +341,7 @@ class TrainConfig:
     warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float | None = 1.0
+    max_grad_norm: float | None = 1.0
     eval_interval: int = 250
     eval_batches: int = 20
     seed: int = 0
@@ -373,17 +349,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps < 1 or self.batch_size < 1 or self.eval_interval < 1 or self.eval_batches < 1:
             raise ValueError("max_steps, batch_size, eval_interval and eval_batches must be positive")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm}")
 
 
-def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: TrainConfig, *,
+def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: PretrainConfig, *,
              on_eval: Callable[[int, GPT], None] | None = None, progress: bool = True,
              desc: str = "training") -> list[dict]:
     """Pretrain ``model`` on next-token prediction; return one record per evaluation.
 
-    Each step: a random batch, AdamW with the learning rate of :func:`lr_at`, gradients
-    clipped to global norm ``grad_clip``. Every ``eval_interval`` steps (and at the end)
+    Each step: a random batch, AdamW (:func:`llmbook.optim.make_optimizer`) with the learning
+    rate of :func:`llmbook.optim.warmup_cosine_lr`, gradients clipped to global norm ``max_grad_norm``. Every ``eval_interval`` steps (and at the end)
     the record holds the step, tokens seen, learning rate, mean training loss since the
     last evaluation, validation loss on fixed windows, the last gradient norm before
     clipping, the share of steps since the last evaluation whose gradient was clipped, and
@@ -393,7 +369,7 @@ def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: Tr
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = configure_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=cfg.betas)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay, betas=cfg.betas, fused=False)
     block = model.config.block_size
     history: list[dict] = []
     device = next(model.parameters()).device
@@ -406,8 +382,8 @@ def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: Tr
             val = evaluate_loss(model, val_ids, batch_size=cfg.batch_size, n_batches=cfg.eval_batches,
                                 seed=cfg.seed + 1)
             history.append({"step": step, "tokens": step * cfg.batch_size * block,
-                            "lr": lr_at(step, max_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
-                                        max_steps=cfg.max_steps),
+                            "lr": warmup_cosine_lr(step, max_lr=cfg.lr, min_lr=cfg.min_lr,
+                                                    warmup_steps=cfg.warmup_steps, total_steps=cfg.max_steps),
                             "train_loss": running / n_running if n_running else float("nan"),
                             "val_loss": val, "grad_norm": grad_norm,
                             "clipped_share": n_clipped / n_running if n_running else float("nan"),
@@ -419,16 +395,19 @@ def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: Tr
             model.train()
         if step == cfg.max_steps:
             break
-        lr = lr_at(step, max_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+        lr = warmup_cosine_lr(step, max_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                              total_steps=cfg.max_steps)
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = get_batch(train_ids, cfg.batch_size, block, gen)
         _, loss = model(x.to(device), y.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            n_clipped += grad_norm > cfg.grad_clip
+        if cfg.max_grad_norm is not None:
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            n_clipped += grad_norm > cfg.max_grad_norm
+        else:  # the norm only, for the record: an infinite limit rescales nothing
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf")))
         opt.step()
         running += loss.item()
         n_running += 1
@@ -439,15 +418,6 @@ def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: Tr
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def bits_per_char(total_nats: float, n_chars: int) -> float:
-    """Bits per character from a summed negative log-likelihood in nats: ``total / (n_chars ln 2)``."""
-    if n_chars <= 0:
-        raise ValueError(f"n_chars must be positive, got {n_chars}")
-    if total_nats < 0:
-        raise ValueError(f"a negative log-likelihood cannot be negative, got {total_nats}")
-    return total_nats / (n_chars * math.log(2))
 
 
 @torch.no_grad()

@@ -3,8 +3,11 @@
 Every loss here is written out from its formula so that the analytic gradient can be
 checked against autograd, and every helper refuses input it would answer wrongly
 (mismatched shapes, a temperature <= 0, smoothing outside [0, 1), ...) with a
-``ValueError`` that says what was expected.
+``ValueError`` that says what was expected. This module holds losses only: parameter groups
+and schedules are in :mod:`llmbook.optim`, penalties on the weights (L2-SP) in
+:mod:`llmbook.regularizers`, calibration in :mod:`llmbook.evaluation`.
 
+- :data:`IGNORE_INDEX`: the label value (-100) that cross-entropy skips; the book's only copy.
 - :func:`finite_difference_grad`: the reference every analytic gradient is checked against.
 - :func:`bce_with_logits`, :func:`bce_grad_logits`: binary cross-entropy from a logit,
   stable for any logit; its gradient ``sigmoid(z) - y``.
@@ -12,37 +15,26 @@ checked against autograd, and every helper refuses input it would answer wrongly
   softmax cross-entropy through log-sum-exp; its gradient ``softmax(z) - y``.
 - :func:`causal_lm_token_nll`, :func:`reduce_token_losses`: next-token losses with
   ``ignore_index`` and the choice between a mean over tokens and a mean over sequences.
-- :func:`perplexity`, :func:`bits_per_char`: converting a loss in nats per token.
+- :func:`perplexity`, :func:`bits_per_char`: converting a loss in nats.
 - :func:`label_smoothed_targets`, :func:`distillation_loss`: soft targets.
-- :func:`calibration_bins`, :func:`expected_calibration_error`, :func:`fit_temperature`.
-- :func:`split_decay_parameters`, :func:`decay_parameter_groups`: AdamW parameter groups
-  that leave biases and normalisation parameters undecayed.
-- :func:`parameter_snapshot`, :func:`l2_sp_penalty`: pulling weights toward pretrained values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label value that cross-entropy skips (PyTorch and transformers convention)
 REDUCTIONS = ("mean", "sum", "none")
-NORM_TYPES: tuple[type[nn.Module], ...] = (
-    nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
 
 __all__ = [
     "IGNORE_INDEX", "finite_difference_grad", "bce_with_logits", "bce_grad_logits", "stable_logsumexp",
-    "softmax_cross_entropy", "softmax_ce_grad_logits", "causal_lm_token_nll", "reduce_token_losses", "perplexity", "bits_per_char",
-    "label_smoothed_targets", "distillation_loss", "calibration_bins", "expected_calibration_error",
-    "fit_temperature", "is_norm_module", "split_decay_parameters", "decay_parameter_groups",
-    "parameter_snapshot", "l2_sp_penalty",
+    "softmax_cross_entropy", "softmax_ce_grad_logits", "causal_lm_token_nll", "reduce_token_losses",
+    "perplexity", "bits_per_char", "label_smoothed_targets", "distillation_loss",
 ]
 
 
@@ -273,19 +265,21 @@ def perplexity(loss_nats_per_token: float) -> float:
     return math.exp(loss)
 
 
-def bits_per_char(loss_nats_per_token: float, n_tokens: int, n_chars: int) -> float:
-    """Bits per character: ``loss * n_tokens / (n_chars * ln 2)``.
 
-    The total code length of a text, ``loss * n_tokens`` nats, does not depend on how it was
-    cut into tokens; dividing it by the characters (and converting nats to bits) makes models
-    with different tokenizers comparable.
+
+def bits_per_char(total_nats: float, n_chars: int) -> float:
+    """Bits per character from a summed negative log-likelihood in nats: ``total / (n_chars ln 2)``.
+
+    The total code length of a text does not depend on how it was cut into tokens; dividing it
+    by the characters (and converting nats to bits) makes models with different tokenizers
+    comparable. From a mean loss per token, pass ``loss * n_tokens``.
     """
-    loss = float(loss_nats_per_token)
-    if not math.isfinite(loss) or loss < 0:
-        raise ValueError(f"a cross-entropy is a finite, non-negative number of nats, got {loss}")
-    if int(n_tokens) <= 0 or int(n_chars) <= 0:
-        raise ValueError(f"n_tokens and n_chars must be positive, got {n_tokens} and {n_chars}")
-    return loss * int(n_tokens) / (int(n_chars) * math.log(2))
+    total = float(total_nats)
+    if not math.isfinite(total) or total < 0:
+        raise ValueError(f"a negative log-likelihood is a finite number of nats >= 0, got {total_nats}")
+    if isinstance(n_chars, bool) or not isinstance(n_chars, (int, np.integer)) or n_chars <= 0:
+        raise ValueError(f"n_chars must be a positive integer, got {n_chars!r}")
+    return total / (int(n_chars) * math.log(2))
 
 
 # --------------------------------------------------------------------------- soft targets
@@ -344,179 +338,3 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
             raise ValueError(f"labels must have shape {tuple(s.shape[:-1])}, got {tuple(labels.shape)}")
         loss = loss + (1.0 - alpha) * softmax_cross_entropy(s2, labels.reshape(-1))
     return loss
-
-
-# --------------------------------------------------------------------------- calibration
-
-
-def _confidences(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Top-label confidence and correctness; 1-D ``probs`` are P(class 1) of a binary classifier."""
-    probs, labels = _as_tensor(probs, "probs").double(), _as_tensor(labels, "labels")
-    if probs.dim() == 1:
-        probs = torch.stack([1 - probs, probs], dim=1)
-    if probs.dim() != 2:
-        raise ValueError(f"probs must be (N,) binary probabilities or (N, K), got {tuple(probs.shape)}")
-    if labels.shape != probs.shape[:1]:
-        raise ValueError(f"labels must have shape ({probs.shape[0]},), got {tuple(labels.shape)}")
-    if probs.numel() == 0:
-        raise ValueError("no examples")
-    if probs.min() < 0 or probs.max() > 1 or not torch.allclose(probs.sum(1), torch.ones(1, dtype=probs.dtype),
-                                                                atol=1e-4):
-        raise ValueError("probs must be probabilities in [0, 1] that sum to 1 per row "
-                         "(pass softmax(logits), not logits)")
-    if labels.is_floating_point() or labels.min() < 0 or labels.max() >= probs.shape[1]:
-        raise ValueError(f"labels must be integer classes in [0, {probs.shape[1] - 1}]")
-    confidence, prediction = probs.max(1)
-    return confidence, (prediction == labels.long()).double()
-
-
-def calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, Tensor]:
-    """Equal-width confidence bins: per bin the mean confidence, the accuracy and the count.
-
-    Bin i holds confidences in ``(i/n, (i+1)/n]`` (the first also holds 0). Empty bins get ``nan``
-    for confidence and accuracy and a count of 0. These are the points of a reliability diagram.
-    """
-    if int(n_bins) < 1:
-        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
-    confidence, correct = _confidences(probs, labels)
-    edges = torch.linspace(0, 1, int(n_bins) + 1, dtype=torch.float64)
-    index = (torch.bucketize(confidence, edges[1:-1], right=False)).clamp(max=int(n_bins) - 1)
-    count = torch.bincount(index, minlength=int(n_bins)).double()
-    conf_sum = torch.bincount(index, weights=confidence, minlength=int(n_bins))
-    acc_sum = torch.bincount(index, weights=correct, minlength=int(n_bins))
-    nan = torch.full_like(count, float("nan"))
-    return {"confidence": torch.where(count > 0, conf_sum / count.clamp(min=1), nan),
-            "accuracy": torch.where(count > 0, acc_sum / count.clamp(min=1), nan),
-            "count": count, "edges": edges}
-
-
-def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
-    """ECE: the count-weighted mean of ``|accuracy - confidence|`` over equal-width confidence bins."""
-    bins = calibration_bins(probs, labels, n_bins)
-    used = bins["count"] > 0
-    gap = (bins["accuracy"][used] - bins["confidence"][used]).abs()
-    return float((bins["count"][used] * gap).sum() / bins["count"].sum())
-
-
-def fit_temperature(logits: Tensor, labels: Tensor, *, max_iter: int = 200) -> float:
-    """The temperature ``T > 0`` that minimises the NLL of ``logits / T`` on held-out data.
-
-    1-D ``logits`` are binary logits (probability ``sigmoid(z / T)``); 2-D are (N, K) class
-    logits. Fit it on a validation split, never on the test split you report.
-    """
-    logits, labels = _as_tensor(logits, "logits").detach().double(), _as_tensor(labels, "labels")
-    if logits.dim() not in (1, 2) or labels.shape != logits.shape[:1]:
-        raise ValueError(f"expected logits (N,) or (N, K) and labels (N,), got {tuple(logits.shape)} "
-                         f"and {tuple(labels.shape)}")
-    if logits.shape[0] == 0:
-        raise ValueError("no examples")
-    if not torch.isfinite(logits).all():
-        raise ValueError("logits must be finite")
-    if logits.dim() == 1:
-        def nll(scaled: Tensor) -> Tensor:
-            return bce_with_logits(scaled, labels.double())
-    else:
-        def nll(scaled: Tensor) -> Tensor:
-            return softmax_cross_entropy(scaled, labels.long())
-    nll(logits)  # validates the labels once, with a clear message
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = nll(logits / log_t.exp())
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return float(log_t.detach().exp())
-
-
-# --------------------------------------------------------------------------- weight decay groups
-
-
-def is_norm_module(module: nn.Module) -> bool:
-    """True for normalisation layers: torch's LayerNorm/RMSNorm/BatchNorm/... and any class named ``*Norm``.
-
-    The name rule catches model-specific classes such as ``LlamaRMSNorm`` or ``T5LayerNorm``.
-    """
-    return isinstance(module, NORM_TYPES) or type(module).__name__.lower().endswith("norm")
-
-
-def split_decay_parameters(model: nn.Module) -> tuple[list[str], list[str]]:
-    """Names of the trainable parameters to decay and not to decay.
-
-    Not decayed: biases, every parameter of a normalisation layer (:func:`is_norm_module`) and
-    any other parameter with fewer than 2 dimensions (gains and offsets, whose neutral value is
-    not 0). Decayed: matrices, including embeddings. Frozen parameters (``requires_grad=False``)
-    are left out; a parameter shared by two modules is listed once.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    decay, no_decay, seen = [], [], set()
-    for module_name, module in model.named_modules():
-        norm = is_norm_module(module)
-        for param_name, param in module.named_parameters(recurse=False):
-            if id(param) in seen or not param.requires_grad:
-                continue
-            seen.add(id(param))
-            full_name = f"{module_name}.{param_name}" if module_name else param_name
-            if norm or param_name.endswith("bias") or param.dim() < 2:
-                no_decay.append(full_name)
-            else:
-                decay.append(full_name)
-    return decay, no_decay
-
-
-def decay_parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two AdamW parameter groups: matrices with ``weight_decay``, biases and norm parameters with 0.
-
-    ``torch.optim.AdamW(decay_parameter_groups(model, 0.01), lr=...)``. Each group also carries
-    ``"param_names"`` so that you can print what went where.
-    """
-    if not math.isfinite(float(weight_decay)) or float(weight_decay) < 0:
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
-    decay, no_decay = split_decay_parameters(model)
-    if not decay and not no_decay:
-        raise ValueError("the model has no trainable parameter")
-    params = dict(model.named_parameters())
-    groups = [{"params": [params[n] for n in names], "weight_decay": wd, "param_names": names}
-              for names, wd in ((decay, float(weight_decay)), (no_decay, 0.0)) if names]
-    return groups
-
-
-# --------------------------------------------------------------------------- L2-SP
-
-
-def parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
-    """Detached copies of the trainable parameters: the anchor ``theta_0`` for :func:`l2_sp_penalty`."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def l2_sp_penalty(model: nn.Module, reference: Mapping[str, Tensor], alpha: float) -> Tensor:
-    """L2-SP (Li, Grandvalet & Davoine 2018): ``alpha / 2 * sum ||theta - theta_0||^2`` over ``reference``.
-
-    It pulls the weights toward the pretrained ones rather than toward 0; its gradient is
-    ``alpha * (theta - theta_0)``. Parameters absent from ``reference`` (a new head) are not
-    penalised here; give them an ordinary L2 penalty if you want one.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not math.isfinite(float(alpha)) or float(alpha) < 0:
-        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
-    params = dict(model.named_parameters())
-    missing = sorted(set(reference) - set(params))
-    if missing:
-        raise ValueError(f"reference names parameters the model does not have: {missing[:5]}")
-    if not reference:
-        raise ValueError("reference is empty: take it with parameter_snapshot(model) before fine-tuning")
-    total = None
-    for name, anchor in reference.items():
-        p = params[name]
-        if anchor.shape != p.shape:
-            raise ValueError(f"{name}: reference shape {tuple(anchor.shape)} != parameter shape {tuple(p.shape)}")
-        term = (p - anchor.to(p.device, p.dtype)).pow(2).sum()
-        total = term if total is None else total + term
-    return 0.5 * float(alpha) * total

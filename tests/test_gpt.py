@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from llmbook import gpt
+from llmbook.losses import IGNORE_INDEX
 
 
 def tiny_config(**kw) -> gpt.GPTConfig:
@@ -95,9 +96,9 @@ def test_loss_is_cross_entropy_and_skips_ignore_index():
     model = gpt.GPT(tiny_config()).eval()
     x = torch.randint(11, (2, 7))
     y = torch.randint(11, (2, 7))
-    y[0, :3] = gpt.IGNORE_INDEX
+    y[0, :3] = IGNORE_INDEX
     logits, loss = model(x, y)
-    keep = y != gpt.IGNORE_INDEX
+    keep = y != IGNORE_INDEX
     expected = -logits.log_softmax(-1)[keep].gather(1, y[keep][:, None]).mean()
     torch.testing.assert_close(loss, expected)
     with pytest.raises(ValueError):
@@ -150,17 +151,13 @@ def test_generate_appends_tokens_inside_the_vocabulary():
 # --------------------------------------------------------------------------- training
 
 
-def test_lr_schedule_shape():
-    kw = {"max_lr": 1.0, "min_lr": 0.1, "warmup_steps": 10, "max_steps": 110}
-    assert gpt.lr_at(0, **kw) == pytest.approx(0.1)
-    assert gpt.lr_at(9, **kw) == pytest.approx(1.0)
-    assert gpt.lr_at(10, **kw) == pytest.approx(1.0)
-    assert gpt.lr_at(60, **kw) == pytest.approx(0.55)  # halfway through the cosine: the mean of max and min
-    assert gpt.lr_at(110, **kw) == pytest.approx(0.1) and gpt.lr_at(500, **kw) == pytest.approx(0.1)
-    decay = [gpt.lr_at(s, **kw) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(decay[:-1], decay[1:], strict=True))
-    with pytest.raises(ValueError):
-        gpt.lr_at(0, max_lr=1.0, min_lr=0.1, warmup_steps=20, max_steps=10)
+def test_pretrain_config_refuses_bad_settings():
+    assert gpt.PretrainConfig().max_grad_norm == 1.0
+    assert gpt.PretrainConfig(max_grad_norm=None).max_grad_norm is None
+    with pytest.raises(ValueError, match="max_grad_norm must be positive"):
+        gpt.PretrainConfig(max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        gpt.PretrainConfig(max_steps=0)
 
 
 def test_get_batch_targets_are_inputs_shifted_by_one():
@@ -174,8 +171,8 @@ def test_train_lm_learns_a_periodic_sequence():
     torch.manual_seed(0)
     ids = torch.tensor([0, 1, 2, 3, 4, 5] * 200)
     model = gpt.GPT(tiny_config(vocab_size=6, n_embd=32))
-    cfg = gpt.TrainConfig(max_steps=150, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=10,
-                          eval_interval=50, eval_batches=2, grad_clip=0.5)
+    cfg = gpt.PretrainConfig(max_steps=150, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=10,
+                          eval_interval=50, eval_batches=2, max_grad_norm=0.5)
     history = gpt.train_lm(model, ids, ids, cfg, progress=False)
     assert [r["step"] for r in history] == [0, 50, 100, 150]
     assert history[0]["val_loss"] > 1.5  # about ln 6 = 1.79 at random initialisation
@@ -184,13 +181,6 @@ def test_train_lm_learns_a_periodic_sequence():
 
 
 # --------------------------------------------------------------------------- evaluation
-
-
-def test_bits_per_char_known_values():
-    assert gpt.bits_per_char(100 * math.log(2), 100) == pytest.approx(1.0)
-    assert gpt.bits_per_char(0.0, 5) == 0.0
-    with pytest.raises(ValueError):
-        gpt.bits_per_char(1.0, 0)
 
 
 def test_sliding_window_equals_full_sequence_when_the_window_covers_it():
@@ -227,7 +217,7 @@ def test_mlm_mask_proportions_and_labels():
     ids = torch.randint(5, 100, (400, 250))
     ids[:, 0] = 1  # a special token ([CLS]) that must never be chosen
     inputs, labels = gpt.mlm_mask(ids, mask_token_id=4, vocab_size=100, special_ids=[1], generator=gen)
-    chosen = labels != gpt.IGNORE_INDEX
+    chosen = labels != IGNORE_INDEX
     assert not chosen[:, 0].any()
     assert abs(chosen[:, 1:].float().mean().item() - 0.15) < 0.005
     torch.testing.assert_close(labels[chosen], ids[chosen])
@@ -243,6 +233,15 @@ def test_train_lm_reports_how_often_gradients_were_clipped():
     ids = torch.randint(6, (500,))
     for clip, share in [(1e-6, 1.0), (1e6, 0.0)]:
         model = gpt.GPT(tiny_config(vocab_size=6))
-        cfg = gpt.TrainConfig(max_steps=6, batch_size=2, warmup_steps=2, eval_interval=3, eval_batches=1, grad_clip=clip)
+        cfg = gpt.PretrainConfig(max_steps=6, batch_size=2, warmup_steps=2, eval_interval=3, eval_batches=1, max_grad_norm=clip)
         history = gpt.train_lm(model, ids, ids, cfg, progress=False)
         assert [r["clipped_share"] for r in history[1:]] == [share, share]
+
+
+def test_train_lm_reports_the_gradient_norm_without_clipping():
+    ids = torch.randint(6, (500,), generator=torch.Generator().manual_seed(0))
+    model = gpt.GPT(gpt.GPTConfig(vocab_size=6, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    cfg = gpt.PretrainConfig(max_steps=4, batch_size=2, warmup_steps=1, eval_interval=2, eval_batches=1,
+                             max_grad_norm=None)
+    history = gpt.train_lm(model, ids, ids, cfg, progress=False)
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in history[1:])

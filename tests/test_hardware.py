@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from llmbook import hardware
@@ -22,3 +23,19 @@ def test_bf16_is_native_elsewhere(monkeypatch):
     assert hardware.bf16_is_native("cuda") is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert hardware.bf16_is_native("cuda:0") is False
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ("fpu sse2 avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile", "native (AMX)"),
+    ("fpu sse2 avx2 avx512f avx512_bf16", "native (AVX-512 BF16)"),
+    ("fpu sse2 avx2 fma", "emulated"),
+])
+def test_cpu_bf16_support_reads_the_flags(flags, expected):
+    cpuinfo = f"processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n"
+    assert hardware.cpu_bf16_support(cpuinfo) == expected
+
+
+def test_cpu_bf16_support_arm_and_unknown():
+    assert hardware.cpu_bf16_support("Features\t: fp asimd bf16 i8mm\n") == "native (Arm BF16)"
+    assert hardware.cpu_bf16_support("Features\t: fp asimd\n") == "emulated"
+    assert hardware.cpu_bf16_support("no flags here\n") == "unknown"

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from llmbook import losses
 
@@ -124,16 +123,36 @@ def test_token_mean_and_sequence_mean_differ_as_derived():
         losses.reduce_token_losses(nll, mask, "batch")
 
 
-def test_bits_per_char_is_tokenizer_independent():
-    # a uniform model over 4 characters spends 2 bits per character, whatever the token size
-    per_char = math.log(4)
-    assert losses.bits_per_char(per_char, n_tokens=100, n_chars=100) == pytest.approx(2.0)
-    assert losses.bits_per_char(3 * per_char, n_tokens=100, n_chars=300) == pytest.approx(2.0)
+def test_bits_per_char_known_values():
+    assert losses.bits_per_char(100 * math.log(2), 100) == pytest.approx(1.0)
+    assert losses.bits_per_char(0.0, 5) == 0.0
+    assert losses.bits_per_char(3 * math.log(2), 2) == pytest.approx(1.5)
     assert losses.perplexity(math.log(4)) == pytest.approx(4.0)
-    with pytest.raises(ValueError, match="positive"):
-        losses.bits_per_char(1.0, 0, 10)
     with pytest.raises(ValueError, match="non-negative"):
         losses.perplexity(float("nan"))
+
+
+def test_bits_per_char_is_tokenizer_independent():
+    # a uniform model over 4 characters spends 2 bits per character, whatever the token size:
+    # 100 one-character tokens at ln 4 nats each, or 100 three-character tokens at 3 ln 4 nats each
+    per_char = math.log(4)
+    for loss_per_token, n_tokens, n_chars in [(per_char, 100, 100), (3 * per_char, 100, 300),
+                                              (0.5 * per_char, 600, 300)]:
+        assert losses.bits_per_char(loss_per_token * n_tokens, n_chars) == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("total, n_chars, match", [
+    (-1.0, 10, "finite number of nats >= 0"),
+    (float("nan"), 10, "finite number of nats >= 0"),
+    (float("inf"), 10, "finite number of nats >= 0"),
+    (1.0, 0, "positive integer"),
+    (1.0, -3, "positive integer"),
+    (1.0, 2.5, "positive integer"),
+    (1.0, True, "positive integer"),
+])
+def test_bits_per_char_refuses_bad_input(total, n_chars, match):
+    with pytest.raises(ValueError, match=match):
+        losses.bits_per_char(total, n_chars)
 
 
 # --------------------------------------------------------------------------- soft targets
@@ -183,101 +202,7 @@ def test_distillation_reduces_to_ce_and_checks_arguments():
         losses.distillation_loss(s, t[:, :2], y)
 
 
-# --------------------------------------------------------------------------- calibration
-
-
-def test_ece_known_values():
-    # 10 predictions at confidence 0.9 of which 6 are right: ECE = |0.6 - 0.9| = 0.3
-    probs = torch.full((10,), 0.9)
-    labels = torch.tensor([1] * 6 + [0] * 4)
-    assert losses.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.3)
-    # a calibrated source: labels drawn with the stated probability
-    p = torch.rand(200_000, dtype=torch.float64)
-    y = (torch.rand(200_000, dtype=torch.float64) < p).long()
-    assert losses.expected_calibration_error(p, y) < 0.01
-    with pytest.raises(ValueError, match="pass softmax"):
-        losses.expected_calibration_error(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
-    with pytest.raises(ValueError, match=r"labels must be integer classes in \[0, 1\]"):
-        losses.expected_calibration_error(torch.tensor([0.2, 0.9]), torch.tensor([0, 2]))
-    bins = losses.calibration_bins(probs, labels, n_bins=10)
-    assert bins["count"].sum() == 10 and bins["count"][8] == 10  # confidence 0.9 falls in (0.8, 0.9]
-
-
-def test_fit_temperature_recovers_the_true_temperature():
-    true_logits = 2.0 * torch.randn(8_000, 3, dtype=torch.float64)
-    labels = torch.multinomial(torch.softmax(true_logits, -1), 1).squeeze(1)
-    assert losses.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.08)
-    z = 1.5 * torch.randn(8_000, dtype=torch.float64)
-    yb = (torch.rand(8_000, dtype=torch.float64) < torch.sigmoid(z)).long()
-    assert losses.fit_temperature(0.5 * z, yb) == pytest.approx(0.5, rel=0.08)
-    with pytest.raises(ValueError, match="expected logits"):
-        losses.fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
-
-
-# --------------------------------------------------------------------------- weight decay groups
-
-
-class TinyRMSNorm(nn.Module):  # stands for model-specific classes such as LlamaRMSNorm
-    def __init__(self, d: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
-
-
-class Tiny(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Embedding(10, 4)
-        self.proj = nn.Linear(4, 4)
-        self.ln = nn.LayerNorm(4)
-        self.input_layernorm = TinyRMSNorm(4)
-        self.head = nn.Linear(4, 2, bias=False)
-        self.frozen = nn.Linear(4, 4)
-        self.frozen.requires_grad_(False)
-
-
-def test_decay_groups_exclude_bias_and_norms():
-    model = Tiny()
-    decay, no_decay = losses.split_decay_parameters(model)
-    assert decay == ["embed.weight", "proj.weight", "head.weight"]
-    assert no_decay == ["proj.bias", "ln.weight", "ln.bias", "input_layernorm.weight"]
-    groups = losses.decay_parameter_groups(model, 0.1)
-    assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
-    # with zero gradients, AdamW must shrink exactly the decayed group
-    opt = torch.optim.AdamW(groups, lr=0.1)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
-    opt.step()
-    after = dict(model.named_parameters())
-    for name in decay:
-        torch.testing.assert_close(after[name].detach(), before[name] * (1 - 0.1 * 0.1))
-    for name in no_decay + ["frozen.weight"]:
-        torch.testing.assert_close(after[name].detach(), before[name])
-    with pytest.raises(ValueError, match="weight_decay must be"):
-        losses.decay_parameter_groups(model, -1.0)
-
-
-def test_shared_parameters_are_listed_once():
-    model = Tiny()
-    model.head = nn.Linear(4, 10, bias=False)
-    model.head.weight = model.embed.weight  # tied, as in many language models
-    decay, _ = losses.split_decay_parameters(model)
-    assert decay.count("embed.weight") == 1 and "head.weight" not in decay
-
-
-def test_l2_sp_gradient_pulls_toward_the_reference():
-    model = nn.Linear(3, 2)
-    anchor = losses.parameter_snapshot(model)
-    assert losses.l2_sp_penalty(model, anchor, 0.5).item() == 0.0
-    with torch.no_grad():
-        model.weight.add_(1.0)
-    losses.l2_sp_penalty(model, anchor, 0.5).backward()
-    torch.testing.assert_close(model.weight.grad, 0.5 * (model.weight.detach() - anchor["weight"]))
-    torch.testing.assert_close(model.bias.grad, torch.zeros(2))
-    with pytest.raises(ValueError, match="does not have"):
-        losses.l2_sp_penalty(model, {"nope": torch.zeros(1)}, 0.1)
-    with pytest.raises(ValueError, match="alpha must be"):
-        losses.l2_sp_penalty(model, anchor, -1)
+@pytest.mark.parametrize("n_chars", [float("inf"), None, float("nan"), 3.0])
+def test_bits_per_char_refuses_every_non_integer_n_chars_with_a_value_error(n_chars):
+    with pytest.raises(ValueError, match="positive integer"):
+        losses.bits_per_char(1.0, n_chars)

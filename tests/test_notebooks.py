@@ -1,4 +1,6 @@
-"""Checks of the committed notebooks: fresh stamps, structure, glue keys, exercise format."""
+"""Checks of the committed notebooks against the chapter registry (book/chapters.yml): fresh
+stamps within each chapter's time cap, structure, glue keys, exercise format, what a notebook
+runs outside its kernel, and which chapter owns each llmbook module."""
 
 from __future__ import annotations
 
@@ -16,20 +18,9 @@ pytestmark = pytest.mark.notebooks
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
-# The headline numbers each chapter must glue (from its issue); book/results.md pastes them.
-REQUIRED_GLUE = {
-    "00_quickstart.ipynb": {"polarity_n_train", "ner_n_train", "shakespeare_n_chars"},
-    "01_pretraining.ipynb": {"tokenizer_compression_ratio", "pretrain_char_val_loss", "pretrain_minutes",
-                             "pretrain_bpc_ours", "pretrain_bpc_smollm2", "mlm_top1_acc"},
-    "02_losses.ipynb": {"grad_max_abs_err", "adamw_vs_l2_gap"},
-    "03a_fine_tuning_classification.ipynb": {"ft_acc_full", "ft_acc_majority", "ft_acc_tfidf", "ft_acc_probe"},
-    "03b_fine_tuning_ner.ipynb": {"ner_entity_f1", "ner_token_acc_with_O"},
-    "03c_fine_tuning_trainer.ipynb": {"ft_acc_trainer", "ft_acc_loop_parity", "ft_train_eps_loop",
-                                      "ft_train_eps_trainer"},
-    "03d_pretraining_transfer.ipynb": {"ft_acc_scratch", "ft_lc_gap_max", "ft_lc_gap_max_labels"},
-    "05_prompting.ipynb": {"zs_acc_generate", "zs_acc_scoring", "zs_acc_calibrated", "fs_acc_best",
-                           "emb_acc_k16"},
-}
+REGISTRY = yaml.safe_load((ROOT / "book" / "chapters.yml").read_text())
+CHAPTER_KEYS = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "A"]
+CHAPTER_OF = {nb: key for key, chapter in REGISTRY.items() for nb in chapter.get("notebooks") or []}
 GLUE_MIME = "application/papermill.record/"
 
 
@@ -50,6 +41,12 @@ def _glued_values(nb) -> dict[str, str]:
 
 def _glued(nb) -> set[str]:
     return set(_glued_values(nb))
+
+
+def _registered_glue(notebook: str) -> set[str]:
+    """The glue keys the registry lists for a notebook (its chapter's ``glue`` entry)."""
+    chapter = REGISTRY.get(CHAPTER_OF.get(notebook), {})
+    return set((chapter.get("glue") or {}).get(notebook) or [])
 
 
 # {glue:text}`key:spec` or {glue:text}`../notebooks/x.ipynb::key:spec`
@@ -99,7 +96,8 @@ def test_colab_cell_matches_the_config(path):
 def test_required_glue_keys_and_prose_references(path):
     nb = _read(path)
     glued = _glued(nb)
-    assert REQUIRED_GLUE.get(path.name, set()) <= glued
+    missing = _registered_glue(path.name) - glued
+    assert not missing, f"{path.name} does not glue {sorted(missing)}, which book/chapters.yml requires"
     prose = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     # pastes from another notebook (`../notebooks/x.ipynb::key:spec`) are checked in
     # test_every_text_paste_formats against that notebook's outputs
@@ -166,3 +164,84 @@ def test_every_notebook_and_page_is_in_the_toc():
 def test_config_builds_from_committed_outputs():
     assert CONFIG["execute"]["execute_notebooks"] == "off"
     assert CONFIG["launch_buttons"]["colab_url"] and CONFIG["launch_buttons"]["binderhub_url"]
+
+
+# --------------------------------------------------------------------------- the chapter registry
+
+
+def test_registry_lists_every_chapter_with_its_fields():
+    assert list(REGISTRY) == CHAPTER_KEYS
+    for key, chapter in REGISTRY.items():
+        assert set(chapter) >= {"title", "notebooks", "status", "time_cap_s", "glue", "modules"}, key
+        assert chapter["title"] and isinstance(chapter["title"], str), key
+        assert chapter["status"] in ("published", "planned"), key
+        notebooks, glue = chapter["notebooks"], chapter["glue"]
+        assert isinstance(notebooks, list) and isinstance(glue, dict) and isinstance(chapter["modules"], list), key
+        assert bool(notebooks) == (chapter["status"] == "published"), f"chapter {key}: published iff it has notebooks"
+        assert set(glue) <= set(notebooks), f"chapter {key} lists glue for a notebook it does not have"
+        assert 0 < chapter["time_cap_s"] <= execute.HARD_CAP_S, key
+        assert chapter.get("time_target_s", chapter["time_cap_s"]) <= chapter["time_cap_s"], key
+    every = [nb for chapter in REGISTRY.values() for nb in chapter["notebooks"]]
+    assert len(every) == len(set(every)), "a notebook is listed under two chapters"
+
+
+def test_every_notebook_is_in_the_registry_and_the_toc():
+    toc = (ROOT / "_toc.yml").read_text()
+    for path in NOTEBOOKS:
+        assert path.name in CHAPTER_OF, f"{path.name} is in no chapter of book/chapters.yml"
+        assert f"notebooks/{path.stem}" in toc, f"{path.name} is missing from _toc.yml"
+
+
+def test_every_registered_notebook_exists():
+    toc = (ROOT / "_toc.yml").read_text()
+    for key, chapter in REGISTRY.items():
+        if chapter["status"] != "published":
+            continue
+        for name in chapter["notebooks"]:
+            assert (ROOT / "notebooks" / name).is_file(), f"chapter {key} lists {name}, which does not exist"
+            assert f"notebooks/{Path(name).stem}" in toc, f"chapter {key} lists {name}, which _toc.yml lacks"
+
+
+RESULTS_PAGE = ROOT / "book" / "results.md"
+
+
+def test_results_page_pastes_only_registered_keys():
+    pastes = list(_text_pastes(RESULTS_PAGE.read_text(), RESULTS_PAGE))
+    assert pastes, "book/results.md pastes no number"
+    for notebook, key, _spec in pastes:
+        assert key in _registered_glue(notebook.name), (
+            f"book/results.md pastes {notebook.name}::{key}, which book/chapters.yml does not list for "
+            "that notebook: add it to the chapter's glue")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_stamped_wall_time_is_within_the_chapter_cap(path):
+    stamp = _read(path).metadata.get("llmbook", {})
+    cap = REGISTRY[CHAPTER_OF[path.name]]["time_cap_s"]
+    assert "wall_time_s" in stamp, f"{path.name} has no stamped wall time"
+    assert float(stamp["wall_time_s"]) <= cap, f"{path.name}: full run took {stamp['wall_time_s']} s, cap {cap} s"
+
+
+def test_every_module_is_owned_by_exactly_one_chapter(llmbook_modules):
+    owners: dict[str, list[str]] = {}
+    for key, chapter in REGISTRY.items():
+        for module in chapter["modules"]:
+            owners.setdefault(module, []).append(key)
+    shared = {m: keys for m, keys in owners.items() if len(keys) > 1}
+    assert not shared, f"modules owned by several chapters: {shared}"
+    unowned = sorted(set(llmbook_modules) - set(owners))
+    assert not unowned, f"llmbook modules no chapter owns (add them to book/chapters.yml): {unowned}"
+    missing = sorted(set(owners) - set(llmbook_modules))
+    assert not missing, f"book/chapters.yml names modules that are not in llmbook/: {missing}"
+
+
+# --------------------------------------------------------------------------- code run outside the kernel
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_runs_no_other_script(path):
+    """Outside its kernel a notebook starts only `python -m llmbook.<module>` (whose hash is in
+    the stamp), pip and nvidia-smi, and pip through subprocess only in the Colab cell."""
+    problems = [f"cell {i}: {problem}" for i, cell in enumerate(_read(path).cells) if cell.cell_type == "code"
+                for problem in execute.disallowed_commands(cell.source)]
+    assert not problems, f"{path.name} runs code the stamp cannot cover:\n" + "\n".join(problems)

@@ -1,13 +1,16 @@
-"""Unit tests of llmbook.prompting on a tiny random Llama and a tiny trained BPE tokenizer (no assets)."""
+"""Unit tests of llmbook.prompting on a tiny trained BPE tokenizer (no assets).
+
+The engine that runs the model on these prompts is tested in test_inference.py.
+"""
 
 from __future__ import annotations
 
-import math
-import os
+import ast
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import torch
 
 from llmbook import prompting as P
 
@@ -37,71 +40,11 @@ def tokenizer():
     return tok
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    lm = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights: sharper, non-uniform next-token distributions
-        for p in lm.parameters():
-            p.mul_(8.0) if p.dim() > 1 else None
-    return lm.eval()
-
-
 def _single_token_words(tokenizer, n=2):
     words = [w for w in ["positive", "negative", "good", "bad", "great", "the", "a", "is", "film"]
              if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
     assert len(words) >= n, "the test tokenizer should know a few whole words"
     return words[:n]
-
-
-# --------------------------------------------------------------------------- intervals
-
-
-def test_wilson_known_values_and_symmetry():
-    lo, hi = P.wilson_interval(0, 10)
-    assert lo == 0.0 and math.isclose(hi, 0.27753, abs_tol=1e-4)
-    lo, hi = P.wilson_interval(5, 10)
-    assert math.isclose(lo, 0.23659, abs_tol=1e-4) and math.isclose(hi, 0.76341, abs_tol=1e-4)
-    lo, hi = P.wilson_interval(37, 50)
-    lo2, hi2 = P.wilson_interval(13, 50)
-    assert math.isclose(lo, 1 - hi2, abs_tol=1e-12) and math.isclose(hi, 1 - lo2, abs_tol=1e-12)
-    # for large n it approaches the normal approximation
-    lo, hi = P.wilson_interval(7000, 10000)
-    half = 1.959964 * math.sqrt(0.7 * 0.3 / 10000)
-    assert math.isclose(hi - lo, 2 * half, rel_tol=1e-3)
-
-
-def test_wilson_rejects_bad_counts():
-    with pytest.raises(ValueError):
-        P.wilson_interval(11, 10)
-    with pytest.raises(ValueError):
-        P.wilson_interval(0, 0)
-    with pytest.raises(TypeError):
-        P.wilson_interval(0.5, 10)
-
-
-def test_bootstrap_interval_agrees_with_wilson_and_keeps_rows_together():
-    rng = np.random.default_rng(0)
-    correct = rng.random(2000) < 0.7
-    lo, hi = P.bootstrap_interval(correct, n_boot=4000)
-    wlo, whi = P.wilson_interval(int(correct.sum()), len(correct))
-    assert abs(lo - wlo) < 0.006 and abs(hi - whi) < 0.006
-    # three identical runs carry no more information than one: the interval must not shrink
-    lo3, hi3 = P.bootstrap_interval(np.stack([correct] * 3, axis=1), n_boot=4000)
-    assert math.isclose(hi3 - lo3, hi - lo, rel_tol=1e-9)
-    assert P.bootstrap_interval(correct, seed=1) == P.bootstrap_interval(correct, seed=1)
-    with pytest.raises(ValueError):
-        P.bootstrap_interval(np.ones((1, 3)))
-
-
-def test_inference_dtype_is_a_float_type():
-    assert P.inference_dtype("cpu") in (torch.float32, torch.bfloat16)
-    assert P.inference_dtype("meta") == torch.float32
 
 
 # --------------------------------------------------------------------------- label words
@@ -206,80 +149,22 @@ def test_answer_prefix_goes_into_demonstrations_and_prompts(tokenizer):
         P.PromptTemplate("t", "{text}", (" a", " b"), answer_prefix="is ")
 
 
-def test_common_prefix_ends_at_a_clean_token_boundary(tokenizer):
-    prompts = [P.chat_prompt(tokenizer, f"Review: {t}") for t in ["a gripping film", "a tedious mess"]]
-    prefix = P.common_prefix(prompts, tokenizer)
-    assert prefix.endswith("user\n") and all(p.startswith(prefix) for p in prompts)
-    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
-    for p in prompts:
-        assert tokenizer(p, add_special_tokens=False)["input_ids"][:len(ids)] == ids
+# --------------------------------------------------------------------------- module contents
 
 
-# --------------------------------------------------------------------------- scoring and generation
+def test_prompting_keeps_prompts_only():
+    moved = ["wilson_interval", "bootstrap_interval", "inference_dtype", "common_prefix", "score_label_words",
+             "generate_answers", "_grouped_query_sdpa", "_pad", "_encode_batches", "_batch_inputs", "_ids",
+             "_splits_cleanly"]
+    assert [name for name in moved if hasattr(P, name)] == []
+    assert sorted(P.__all__) == ["PromptTemplate", "chat_prompt", "contextual_calibration", "few_shot_prompts",
+                                 "label_word_ids", "parse_generated_label", "sample_demonstrations"]
+    assert all(hasattr(P, name) for name in P.__all__)
 
 
-def _prompts(tokenizer):
-    texts = ["a gripping film", "the plot is thin but the acting is good and the cast is great",
-             "bad", "I would not watch it again", "one of the best films of the year"]
-    demos = [("a tedious mess of a movie", 0), ("a great cast", 1)]
-    template = P.PromptTemplate("t", "Review: {text}", ("negative", "positive"))
-    return P.few_shot_prompts(tokenizer, template, texts, demos)
-
-
-def _reference_logprobs(model, tokenizer, prompt, ids):
-    x = torch.tensor([tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        return torch.log_softmax(model(input_ids=x).logits[0, -1], -1)[ids]
-
-
-def test_score_label_words_matches_unbatched_forward(model, tokenizer):
-    prompts = _prompts(tokenizer)
-    ids = P.label_word_ids(tokenizer, _single_token_words(tokenizer, 3))
-    reference = torch.stack([_reference_logprobs(model, tokenizer, p, ids) for p in prompts])
-    batched = P.score_label_words(model, tokenizer, prompts, ids, batch_size=4)  # left padding inside
-    torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-5)
-    cached = P.score_label_words(model, tokenizer, prompts, ids, batch_size=3,
-                                 prefix=P.common_prefix(prompts, tokenizer))
-    torch.testing.assert_close(cached, reference, atol=1e-5, rtol=1e-5)
-    assert (reference.exp().sum(1) < 1).all()
-
-
-def test_score_label_words_rejects_bad_input(model, tokenizer):
-    prompts = _prompts(tokenizer)
-    with pytest.raises(TypeError):
-        P.score_label_words(model, tokenizer, prompts[0], [1, 2])
-    with pytest.raises(ValueError):
-        P.score_label_words(model, tokenizer, prompts, [len(tokenizer) + 5])
-    with pytest.raises(ValueError):
-        P.score_label_words(model, tokenizer, prompts, [1, 2], prefix="not a prefix")
-    with pytest.raises(ValueError, match="splits a token"):  # a cut inside a word
-        P.score_label_words(model, tokenizer, prompts, [1, 2], prefix=prompts[0][:prompts[0].index("tedious") + 3])
-
-
-def test_generate_answers_matches_transformers_generate(model, tokenizer):
-    prompts = _prompts(tokenizer)
-    expected = []
-    for p in prompts:
-        x = tokenizer(p, return_tensors="pt", add_special_tokens=False)
-        out = model.generate(**x, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        expected.append(tokenizer.decode(out[0, x["input_ids"].shape[1]:], skip_special_tokens=True).strip())
-    assert P.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=3) == expected
-    cached = P.generate_answers(model, tokenizer, prompts, max_new_tokens=6, batch_size=5,
-                                prefix=P.common_prefix(prompts, tokenizer))
-    assert cached == expected
-
-
-def test_grouped_query_switch_is_scoped_to_the_call(model, tokenizer, monkeypatch):
-    prompts = _prompts(tokenizer)
-    ids = P.label_word_ids(tokenizer, _single_token_words(tokenizer, 2))
-    monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
-    P.score_label_words(model, tokenizer, prompts, ids, prefix=P.common_prefix(prompts, tokenizer))
-    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
-    monkeypatch.setenv("TRANSFORMERS_SDPA_FORCE_GQA", "0")
-    P.generate_answers(model, tokenizer, prompts, max_new_tokens=2)
-    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
-    with P._grouped_query_sdpa(torch.device("cpu")):  # on a CPU the switch is on inside the call
-        assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
-    assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
-    with P._grouped_query_sdpa(torch.device("meta")):  # not a CPU: left alone
-        assert os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "0"
+def test_prompting_imports_no_other_book_module_but_inference():
+    code = ("import sys, llmbook.prompting; "
+            "print(sorted(m for m in sys.modules if m.startswith('llmbook.')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert set(ast.literal_eval(loaded)) <= {"llmbook.prompting", "llmbook.inference", "llmbook.encoding",
+                                 "llmbook.hardware", "llmbook.losses"}, loaded

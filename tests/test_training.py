@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+from transformers import BertConfig, BertForSequenceClassification
 
-from llmbook import training
-from llmbook.training import IGNORE_INDEX
+from llmbook import evaluation, optim, regularizers, training
+from llmbook.encoding import pad_batch
 
 
-def tiny_config(num_labels: int = 2) -> BertConfig:
+def tiny_config(num_labels: int = 2, **kw) -> BertConfig:
     return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels)
+                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels, **kw)
 
 
-def tiny_classifier(seed: int = 0) -> BertForSequenceClassification:
+def tiny_classifier(seed: int = 0, **kw) -> BertForSequenceClassification:
     torch.manual_seed(seed)
-    return BertForSequenceClassification(tiny_config())
+    return BertForSequenceClassification(tiny_config(**kw))
+
+
+def no_dropout_classifier(seed: int = 0) -> BertForSequenceClassification:
+    return tiny_classifier(seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
 def toy_examples(n: int = 24, seed: int = 0) -> list[dict]:
@@ -34,126 +40,53 @@ def toy_examples(n: int = 24, seed: int = 0) -> list[dict]:
     return out
 
 
-# --------------------------------------------------------------------------- label alignment
+def quiet_fit(model, examples, config, **kw) -> training.TrainResult:
+    return training.fit(model, examples, config, pad_token_id=0, progress=False, log=None, **kw)
 
 
-def test_first_subtoken_gets_the_label_and_the_rest_minus_100():
-    # [CLS] New York ##er s [SEP]: word 0 = "New", word 1 = "Yorkers" split into three pieces
-    word_ids = [None, 0, 1, 1, 1, None]
-    assert training.align_labels_with_tokens(word_ids, [3, 4]) == [IGNORE_INDEX, 3, 4, IGNORE_INDEX,
-                                                                    IGNORE_INDEX, IGNORE_INDEX]
+def scripted(scores):
+    """An eval_fn that returns ``scores`` one by one and keeps a copy of the weights it scored."""
+    remaining = iter(scores)
+    snapshots = []
+
+    def eval_fn(model):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return next(remaining)
+
+    return eval_fn, snapshots
 
 
-def test_label_all_subtokens_repeats_or_maps_to_continuation():
-    word_ids = [None, 0, 0, 1, None]
-    assert training.align_labels_with_tokens(word_ids, [1, 0], label_all_subtokens=True) == [
-        IGNORE_INDEX, 1, 1, 0, IGNORE_INDEX]
-    # B-x (1) continues as I-x (2)
-    assert training.align_labels_with_tokens(word_ids, [1, 0], label_all_subtokens=True,
-                                             continuation_label={1: 2}) == [IGNORE_INDEX, 1, 2, 0, IGNORE_INDEX]
+def same_weights(model, state) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_alignment_rejects_word_ids_beyond_the_labels():
-    with pytest.raises(ValueError, match="out of range"):
-        training.align_labels_with_tokens([None, 0, 2, None], [1, 0])
-
-
-def test_encode_words_labels_one_token_per_word():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "new": 4, "york": 5, "##ers": 6, "love": 7}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    from tokenizers.processors import TemplateProcessing
-
-    backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
-    (enc,) = training.encode_words(tok, [["yorkers", "love", "new", "york"]], [[1, 0, 1, 2]])
-    assert enc["input_ids"] == [2, 5, 6, 7, 4, 5, 3]
-    assert enc["labels"] == [IGNORE_INDEX, 1, IGNORE_INDEX, 0, 1, 2, IGNORE_INDEX]
-    assert sum(label != IGNORE_INDEX for label in enc["labels"]) == 4  # one label per word
-    with pytest.raises(ValueError, match="sentence 0 has 2 words but 1 labels"):
-        training.encode_words(tok, [["new", "york"]], [[1]])
-
-
-# --------------------------------------------------------------------------- padding and batches
-
-
-def test_pad_batch_pads_to_the_longest_in_the_batch():
-    batch = training.pad_batch([{"input_ids": [1, 7, 2], "labels": 1}, {"input_ids": [1, 2], "labels": 0}], 0)
-    assert batch["input_ids"].tolist() == [[1, 7, 2], [1, 2, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [1, 0]
-    tokens = training.pad_batch([{"input_ids": [1, 2], "labels": [-100, -100]},
-                                 {"input_ids": [1, 9, 9, 2], "labels": [-100, 3, -100, -100]}], 0)
-    assert tokens["labels"].tolist() == [[-100, -100, -100, -100], [-100, 3, -100, -100]]
-    with pytest.raises(ValueError, match="empty batch"):
-        training.pad_batch([], 0)
-
-
-def test_padding_does_not_change_the_logits():
-    model = tiny_classifier().eval()
-    alone = model(**training.pad_batch([{"input_ids": [1, 7, 2]}], 0)).logits
-    padded = model(**training.pad_batch([{"input_ids": [1, 7, 2]}, {"input_ids": [1, 8, 9, 10, 11, 2]}], 0)).logits
-    torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-5)
-
-
-def test_bucketed_batches_cover_every_example_once_with_less_padding():
-    lengths = np.random.default_rng(0).integers(5, 60, size=1000)
-    bucketed = training.length_bucketed_batches(lengths, 32, seed=1)
-    shuffled = training.random_batches(1000, 32, seed=1)
-    assert sorted(np.concatenate(bucketed).tolist()) == list(range(1000))
-    assert all(len(b) <= 32 for b in bucketed)
-    assert training.padding_fraction(lengths, bucketed) < 0.1 < training.padding_fraction(lengths, shuffled)
-    again = training.length_bucketed_batches(lengths, 32, seed=1)
-    assert all(np.array_equal(a, b) for a, b in zip(bucketed, again, strict=True))
-    other = training.length_bucketed_batches(lengths, 32, seed=2)
-    assert not all(np.array_equal(a, b) for a, b in zip(bucketed, other, strict=False))
-
-
-# --------------------------------------------------------------------------- optimiser and schedule
-
-
-def test_warmup_then_linear_decay_values():
-    f = [training.warmup_linear_factor(s, 10, 110) for s in (0, 5, 10, 60, 110, 200)]
-    assert f == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0, 0.0])
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-    sched = training.warmup_linear_schedule(opt, 4, 12)
-    lrs = []
-    for _ in range(12):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[:5] == pytest.approx([0.0, 0.5, 1.0, 1.5, 2.0])
-    assert lrs[-1] == pytest.approx(2.0 / 8) and max(lrs) == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="warmup_steps <= total_steps"):
-        training.warmup_linear_factor(0, 20, 10)
-
-
-def test_optimizer_does_not_decay_biases_or_layernorm():
-    model = tiny_classifier()
-    opt = training.make_optimizer(model, 1e-3, weight_decay=0.1)
-    names = {id(p): n for n, p in model.named_parameters()}
-    for group in opt.param_groups:
-        group_names = [names[id(p)] for p in group["params"]]
-        if group["weight_decay"] == 0:
-            assert all(n.endswith("bias") or "LayerNorm" in n for n in group_names)
-        else:
-            assert group["weight_decay"] == 0.1
-            assert not any(n.endswith("bias") or "LayerNorm" in n for n in group_names)
-    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+# --------------------------------------------------------------------------- one step
 
 
 def test_train_step_clips_the_global_gradient_norm():
     model = tiny_classifier()
-    batch = training.pad_batch(toy_examples(8), 0)
+    batch = pad_batch(toy_examples(8), 0)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    loss, norm = training.train_step(model, batch, opt, max_grad_norm=1e-3)
+    out = training.train_step(model, batch, opt, max_grad_norm=1e-3)
+    assert isinstance(out, training.StepOutput)
+    loss, norm, extra = out
+    assert (out.loss, out.grad_norm) == (loss, norm) and extra is None
     assert norm > 1e-3 and np.isfinite(loss)
     step = torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in zip(model.parameters(), before, strict=True)))
     assert step.item() == pytest.approx(1e-3, rel=1e-3)  # SGD with lr 1: the update is the clipped gradient
+
+
+def test_train_step_adds_the_extra_term_to_the_loss_it_returns():
+    batch = pad_batch(toy_examples(8), 0)
+    model = no_dropout_classifier()
+    plain = training.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.0), max_grad_norm=None)
+    model = no_dropout_classifier()
+    out = training.train_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.0), max_grad_norm=None,
+                              extra_loss=lambda m, b, o: torch.tensor(1.5))
+    assert out.extra_loss == 1.5
+    assert out.loss == pytest.approx(plain.loss + 1.5, abs=1e-6)
+    assert out.grad_norm == pytest.approx(plain.grad_norm, rel=1e-6)
 
 
 # --------------------------------------------------------------------------- the loop
@@ -163,24 +96,18 @@ def test_fit_learns_a_toy_task():
     model = tiny_classifier()
     train, test = toy_examples(64, seed=0), toy_examples(64, seed=1)
     cfg = training.TrainConfig(epochs=20, batch_size=32, lr=5e-3, patience=None, warmup_ratio=0.1)
-    result = training.fit(model, train, cfg, pad_token_id=0, progress=False, log=None)
-    preds = training.predict_labels(model, test, pad_token_id=0)
-    assert training.accuracy(preds, [e["labels"] for e in test]) > 0.9
+    result = quiet_fit(model, train, cfg)
+    preds = evaluation.predict_labels(model, test, pad_token_id=0)
+    assert evaluation.accuracy(preds, [e["labels"] for e in test]) > 0.9
     assert result.examples_seen == 20 * 64
     assert result.step_lrs[0] == 0.0 and max(result.step_lrs) == pytest.approx(5e-3)
 
 
 def test_early_stopping_restores_the_best_epoch():
     model = tiny_classifier()
-    scores = iter([0.5, 0.9, 0.6, 0.4, 0.95])
-    snapshots = []
-
-    def eval_fn(m):
-        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
-        return next(scores)
-
+    eval_fn, snapshots = scripted([0.5, 0.9, 0.6, 0.4, 0.95])
     cfg = training.TrainConfig(epochs=5, batch_size=8, lr=1e-2, patience=2)
-    result = training.fit(model, toy_examples(16), cfg, pad_token_id=0, eval_fn=eval_fn, progress=False, log=None)
+    result = quiet_fit(model, toy_examples(16), cfg, eval_fn=eval_fn)
     assert [r.epoch for r in result.history] == [1, 2, 3, 4] and result.stopped_early
     assert result.best_epoch == 2 and result.best_score == 0.9
     for k, v in model.state_dict().items():
@@ -193,52 +120,223 @@ def test_fit_is_reproducible_with_a_seed():
     for _ in range(2):
         model = tiny_classifier(seed=3)
         cfg = training.TrainConfig(epochs=2, batch_size=8, lr=1e-3, seed=7)
-        runs.append(training.fit(model, toy_examples(32), cfg, pad_token_id=0, progress=False, log=None).step_losses)
+        runs.append(quiet_fit(model, toy_examples(32), cfg).step_losses)
     assert runs[0] == runs[1]
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def test_predictions_come_back_in_input_order():
-    model = tiny_classifier().eval()
-    examples = toy_examples(20, seed=4)
-    batched = training.predict_logits(model, examples, pad_token_id=0, batch_size=6)
-    for e, logits in zip(examples, batched, strict=True):
-        one = model(**training.pad_batch([{"input_ids": e["input_ids"]}], 0)).logits[0].detach().numpy()
-        np.testing.assert_allclose(logits, one, rtol=1e-4, atol=1e-5)
-
-
-def test_eval_mode_is_deterministic_and_train_mode_is_not():
-    model = tiny_classifier()
-    model.config.hidden_dropout_prob = 0.5
-    model = BertForSequenceClassification(model.config)
-    examples = toy_examples(10)
-    a, b = (np.stack(training.predict_logits(model, examples, pad_token_id=0)) for _ in range(2))
-    np.testing.assert_array_equal(a, b)
-    c, d = (np.stack(training.predict_logits(model, examples, pad_token_id=0, train_mode=True)) for _ in range(2))
-    assert not np.allclose(c, d)
-
-
-def test_token_predictions_and_word_level_tags():
-    torch.manual_seed(0)
-    model = BertForTokenClassification(tiny_config(num_labels=3))
-    examples = [{"input_ids": [1, 7, 8, 2], "labels": [-100, 1, -100, -100]},
-                {"input_ids": [1, 7, 8, 9, 10, 2], "labels": [-100, 0, 2, -100, 1, -100]}]
-    preds = training.predict_labels(model, examples, pad_token_id=0)
-    assert [p.shape for p in preds] == [(4,), (6,)]
-    names = ["O", "B-x", "I-x"]
-    pred_tags, gold_tags = training.word_level_tags([[0, 2, 0, 0], [0, 1, 1, 0, 0, 0]],
-                                                    [e["labels"] for e in examples], names)
-    assert gold_tags == [["B-x"], ["O", "I-x", "B-x"]]
-    assert pred_tags == [["I-x"], ["B-x", "B-x", "O"]]
-
-
-def test_accuracy_and_input_checks():
-    assert training.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
-    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
-        training.accuracy([1, 0, 1], [1, 1])
-    with pytest.raises(TypeError, match="not a single string"):
-        training.encode_texts(None, "a sentence")
+def test_train_config_refuses_bad_settings():
     with pytest.raises(ValueError, match="patience"):
         training.TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        training.TrainConfig(max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        training.TrainConfig(warmup_ratio=1.0)
+    with pytest.raises(ValueError, match="no training examples"):
+        quiet_fit(tiny_classifier(), [], training.TrainConfig())
+
+
+# --------------------------------------------------------------------------- extra_loss
+
+
+def test_extra_loss_is_called_once_per_step_with_model_batch_and_outputs():
+    model = no_dropout_classifier()  # a second forward on the batch gives the same loss
+    calls = []
+
+    def extra(m, batch, outputs):
+        with torch.no_grad():
+            manual = float(m(**batch).loss)
+        term = 0.01 * outputs.logits.pow(2).mean()
+        calls.append({"model": m, "training": m.training, "keys": set(batch), "rows": len(batch["input_ids"]),
+                      "task": float(outputs.loss.detach()), "manual": manual, "term": float(term.detach())})
+        return term
+
+    cfg = training.TrainConfig(epochs=2, batch_size=8, lr=1e-3, patience=None)
+    result = quiet_fit(model, toy_examples(20), cfg, extra_loss=extra)
+    assert len(calls) == len(result.steps) == 2 * 3
+    assert sum(c["rows"] for c in calls) == result.examples_seen == 2 * 20
+    for call, step in zip(calls, result.steps, strict=True):
+        assert call["model"] is model and call["training"]
+        assert call["keys"] == {"input_ids", "attention_mask", "labels"}
+        assert call["task"] == pytest.approx(call["manual"], rel=1e-5)  # the outputs are this batch's forward
+        assert step.extra_loss == pytest.approx(call["term"], rel=1e-6)
+        assert step.loss == pytest.approx(call["task"] + call["term"], rel=1e-6)
+
+
+def test_a_constant_extra_loss_raises_the_step_loss_and_leaves_the_gradients_alone():
+    cfg = training.TrainConfig(epochs=2, batch_size=8, lr=1e-2, patience=None)
+    plain_model, shifted_model = tiny_classifier(seed=1), tiny_classifier(seed=1)
+    plain = quiet_fit(plain_model, toy_examples(20), cfg)
+    shifted = quiet_fit(shifted_model, toy_examples(20), cfg, extra_loss=lambda m, b, o: torch.tensor(0.25))
+    assert [s.extra_loss for s in plain.steps] == [None] * len(plain.steps)
+    assert [s.extra_loss for s in shifted.steps] == [0.25] * len(plain.steps)
+    assert shifted.step_losses == pytest.approx([x + 0.25 for x in plain.step_losses], abs=1e-6)
+    assert [s.grad_norm for s in shifted.steps] == [s.grad_norm for s in plain.steps]
+    for (name, a), b in zip(plain_model.named_parameters(), shifted_model.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("bad", [lambda m, b, o: torch.zeros(2), lambda m, b, o: torch.zeros(1),
+                                 lambda m, b, o: 0.5])
+def test_extra_loss_must_return_a_scalar_tensor(bad):
+    with pytest.raises(ValueError, match="scalar tensor"):
+        quiet_fit(tiny_classifier(), toy_examples(8), training.TrainConfig(epochs=1, batch_size=8), extra_loss=bad)
+
+
+def test_l2_sp_extra_loss_keeps_the_weights_near_the_reference():
+    def distance(model, reference):
+        return math.sqrt(sum(float((p.detach() - reference[n]).pow(2).sum()) for n, p in model.named_parameters()))
+
+    cfg = training.TrainConfig(epochs=6, batch_size=8, lr=1e-2, patience=None)
+    free = tiny_classifier(seed=2)
+    free_reference = regularizers.parameter_snapshot(free)
+    quiet_fit(free, toy_examples(32), cfg)
+    anchored = tiny_classifier(seed=2)
+    reference = regularizers.parameter_snapshot(anchored)
+    result = quiet_fit(anchored, toy_examples(32), cfg, extra_loss=regularizers.l2_sp_extra_loss(reference, 1e4))
+    assert result.steps[0].extra_loss == 0.0  # the first step starts at the reference
+    assert all(s.extra_loss >= 0 for s in result.steps)
+    assert distance(anchored, reference) < 0.2 * distance(free, free_reference)
+
+
+# --------------------------------------------------------------------------- trainable
+
+
+def test_trainable_keeps_only_the_head_training():
+    model = tiny_classifier()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    asked = []
+
+    def head_only(name, param):
+        asked.append((name, param))
+        return name.startswith("classifier.")
+
+    cfg = training.TrainConfig(epochs=2, batch_size=8, lr=1e-2, patience=None)
+    quiet_fit(model, toy_examples(16), cfg, trainable=head_only)
+    named = list(model.named_parameters())
+    assert [n for n, _ in asked] == [n for n, _ in named]
+    assert all(p is q for (_, p), (_, q) in zip(asked, named, strict=True))
+    heads = [n for n, _ in named if n.startswith("classifier.")]
+    assert heads == ["classifier.weight", "classifier.bias"]
+    for name, p in named:
+        if name in heads:
+            assert p.requires_grad and not torch.equal(p.detach(), before[name]), name
+        else:
+            assert not p.requires_grad and torch.equal(p.detach(), before[name]), name
+
+
+def test_trainable_refuses_an_empty_selection_and_a_ready_optimizer():
+    model = tiny_classifier()
+    cfg = training.TrainConfig(epochs=1, batch_size=8)
+    with pytest.raises(ValueError, match="selected no parameter"):
+        quiet_fit(model, toy_examples(8), cfg, trainable=lambda name, param: False)
+    model = tiny_classifier()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match="not both"):
+        quiet_fit(model, toy_examples(8), cfg, trainable=lambda name, param: True,
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+# --------------------------------------------------------------------------- per-step records
+
+
+def test_step_records_one_per_update_with_the_scheduled_learning_rate():
+    cfg = training.TrainConfig(epochs=3, batch_size=8, lr=1e-3, warmup_ratio=0.3, patience=None)
+    examples = toy_examples(20)  # 3 batches per epoch: 8, 8 and 4 examples
+    result = quiet_fit(tiny_classifier(), examples, cfg)
+    total, warmup = 9, math.ceil(0.3 * 9)
+    assert len(result.steps) == total
+    assert [s.step for s in result.steps] == list(range(total))
+    assert [s.epoch for s in result.steps] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert result.step_lrs == [cfg.lr * optim.warmup_linear_factor(i, warmup, total) for i in range(total)]
+    assert result.step_losses == [s.loss for s in result.steps]
+    assert result.step_table().shape[0] == total
+    # with a ready optimizer: one record per optimizer.step(), rates scaled from the optimizer's own
+    model = tiny_classifier()
+    opt = optim.make_optimizer(model, 4e-3, 0.0)
+    updates = []
+    opt.register_step_post_hook(lambda optimizer, args, kwargs: updates.append(1))
+    result = quiet_fit(model, examples, cfg, optimizer=opt)
+    assert len(result.steps) == len(updates) == total
+    assert result.step_lrs == [4e-3 * optim.warmup_linear_factor(i, warmup, total) for i in range(total)]
+
+
+@pytest.mark.parametrize("max_grad_norm, share", [(1e-8, 1.0), (None, 0.0), (0.3, "some")])
+def test_step_records_say_when_the_gradient_was_clipped(max_grad_norm, share):
+    cfg = training.TrainConfig(epochs=2, batch_size=8, lr=1e-2, patience=None, max_grad_norm=max_grad_norm)
+    result = quiet_fit(tiny_classifier(), toy_examples(20), cfg)
+    assert all(np.isfinite(s.grad_norm) and s.grad_norm > 0 for s in result.steps)
+    limit = math.inf if max_grad_norm is None else max_grad_norm
+    assert [s.clipped for s in result.steps] == [s.grad_norm > limit for s in result.steps]
+    assert result.clipped_share == pytest.approx(np.mean([s.clipped for s in result.steps]))
+    if share == "some":  # gradient norms of this run lie on both sides of 0.3
+        assert 0 < result.clipped_share < 1
+    else:
+        assert result.clipped_share == share
+
+
+def test_clipped_share_without_steps_is_nan():
+    assert math.isnan(training.TrainResult([], 1, None, 0.0, 0).clipped_share)
+
+
+# --------------------------------------------------------------------------- on_epoch_end
+
+
+def test_on_epoch_end_is_called_after_each_epoch_and_can_stop_training():
+    model = tiny_classifier()
+    calls = []
+
+    def stop_after_two(epoch, m, record):
+        calls.append((epoch, m, record))
+        return epoch == 2
+
+    eval_fn, _ = scripted([0.1, 0.2, 0.3, 0.4])
+    cfg = training.TrainConfig(epochs=4, batch_size=8, lr=1e-3, patience=None)
+    result = quiet_fit(model, toy_examples(20), cfg, eval_fn=eval_fn, on_epoch_end=stop_after_two)
+    assert [epoch for epoch, _, _ in calls] == [1, 2]
+    assert all(m is model for _, m, _ in calls)
+    assert all(record is kept for (_, _, record), kept in zip(calls, result.history, strict=True))
+    assert [record.val_score for _, _, record in calls] == [0.1, 0.2]
+    assert result.stopped_early and len(result.history) == 2 and len(result.steps) == 2 * 3
+    assert result.best_epoch == 2
+
+
+def test_on_epoch_end_returning_nothing_runs_every_epoch():
+    seen = []
+    cfg = training.TrainConfig(epochs=3, batch_size=8, lr=1e-3, patience=None)
+    result = quiet_fit(tiny_classifier(), toy_examples(16), cfg, on_epoch_end=lambda e, m, r: seen.append(e))
+    assert seen == [1, 2, 3] and not result.stopped_early and len(result.history) == 3
+    stopped_last = quiet_fit(tiny_classifier(), toy_examples(16), cfg, on_epoch_end=lambda e, m, r: e == 3)
+    assert len(stopped_last.history) == 3 and not stopped_last.stopped_early
+
+
+# --------------------------------------------------------------------------- best epoch
+
+
+def test_without_patience_the_last_epoch_is_kept_and_reported():
+    model = tiny_classifier()
+    eval_fn, snapshots = scripted([0.9, 0.5, 0.6])
+    cfg = training.TrainConfig(epochs=3, batch_size=8, lr=1e-2, patience=None)
+    result = quiet_fit(model, toy_examples(16), cfg, eval_fn=eval_fn)
+    assert [r.val_score for r in result.history] == [0.9, 0.5, 0.6]
+    assert result.best_epoch == 3 and result.best_score == 0.6 and not result.stopped_early
+    assert same_weights(model, snapshots[2])
+    assert not torch.equal(snapshots[0]["classifier.weight"], snapshots[2]["classifier.weight"])
+
+
+def test_ties_are_not_improvements():
+    model = tiny_classifier()
+    eval_fn, snapshots = scripted([0.7, 0.7, 0.7, 0.7, 0.7])
+    cfg = training.TrainConfig(epochs=5, batch_size=8, lr=1e-2, patience=2)
+    result = quiet_fit(model, toy_examples(16), cfg, eval_fn=eval_fn)
+    assert [r.epoch for r in result.history] == [1, 2, 3] and result.stopped_early
+    assert result.best_epoch == 1 and result.best_score == 0.7
+    assert same_weights(model, snapshots[0]) and not same_weights(model, snapshots[2])
+
+    model = tiny_classifier()
+    eval_fn, snapshots = scripted([0.5, 0.7, 0.7])
+    cfg = training.TrainConfig(epochs=3, batch_size=8, lr=1e-2, patience=2)
+    result = quiet_fit(model, toy_examples(16), cfg, eval_fn=eval_fn)
+    assert len(result.history) == 3 and not result.stopped_early
+    assert result.best_epoch == 2 and result.best_score == 0.7
+    assert same_weights(model, snapshots[1]) and not same_weights(model, snapshots[2])

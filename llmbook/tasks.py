@@ -1,17 +1,18 @@
-"""The sentence-classification task of chapter 3 and the pieces its notebooks share.
+"""The book's supervised tasks and what every method trained on them shares.
 
-Three notebooks fine-tune the same encoder on the same movie-review sentences: the steps and
-the main run (``03a``), the same recipe with ``transformers.Trainer`` (``03c``), and what
-pretraining buys on a learning curve (``03d``). They must see identical data and identical
-small-data runs, so those live here:
+Chapter 3 fine-tunes the same encoder on the same data in several notebooks, and chapters 4,
+6 and 8 train on it again; the data, the subsets, the classifier construction and the
+baselines live here so that every notebook sees identical inputs:
 
-- :func:`polarity_task`: the book's fixed polarity splits, tokenised once without padding
-  (optionally a seeded subset of each split, for the ``smoke`` profile).
+- :func:`polarity_task` (:class:`PolarityTask`): the book's fixed sentence-polarity splits,
+  tokenised once without padding (optionally a seeded subset of each split, for ``smoke``).
+- :func:`ner_task` (:class:`NerTask`): the WNUT-16 tweets as words and BIO tags, encoded on
+  demand with labels aligned to sub-word tokens.
 - :func:`balanced_subset`: a seeded subset of the training labels with the classes balanced;
   the same subset for every method that uses the same ``n`` and ``seed``.
 - :func:`small_data_config`: the fixed recipe for a few labels, with no validation-based choice.
-- :func:`new_classifier`: a sequence classifier from the pretrained encoder, or the identical
-  network from random weights, with a seeded head.
+- :func:`new_classifier`: a sequence or token classifier on the pretrained encoder, or the
+  identical network from random weights, with a seeded head.
 - :func:`fit_tfidf`, :func:`tfidf_grid`: the TF-IDF + logistic-regression baseline and its
   grid, scored on validation (to choose) and on test (to report, and to show the cost of
   choosing by test).
@@ -27,13 +28,21 @@ from typing import Any
 
 import numpy as np
 
-from llmbook import models, runtime, training
+from llmbook import hardware, models, runtime
+from llmbook.encoding import encode_texts, encode_words, length_order
+from llmbook.evaluation import accuracy
+from llmbook.training import TrainConfig
 
-__all__ = ["SPLITS", "SUBSET_SEED_OFFSET", "PolarityTask", "polarity_task", "balanced_subset",
-           "small_data_config", "new_classifier", "fit_tfidf", "tfidf_grid", "embed_by_length"]
+__all__ = ["SPLITS", "SUBSET_SEED_OFFSET", "CLASSIFIER_TASKS", "PolarityTask", "polarity_task", "NerTask",
+           "ner_task", "balanced_subset", "small_data_config", "new_classifier", "fit_tfidf", "tfidf_grid",
+           "embed_by_length"]
 
 SPLITS = ("train", "validation", "test")
 SUBSET_SEED_OFFSET = 100  # subsets draw from default_rng(100 + seed), apart from the training seeds
+CLASSIFIER_TASKS = ("sequence-classification", "token-classification")
+
+
+# --------------------------------------------------------------------------- polarity
 
 
 @dataclass
@@ -85,9 +94,60 @@ def polarity_task(tokenizer: Any, *, max_length: int = 64, n_train: int | None =
         splits[name] = split
     texts = {name: list(split["text"]) for name, split in splits.items()}
     y = {name: np.asarray(split["label"], dtype=np.int64) for name, split in splits.items()}
-    enc = {name: training.encode_texts(tokenizer, texts[name], y[name], max_length=max_length) for name in SPLITS}
+    enc = {name: encode_texts(tokenizer, texts[name], y[name], max_length=max_length) for name in SPLITS}
     return PolarityTask(labels=list(polarity["train"].features["label"].names), splits=splits, texts=texts,
                         y=y, enc=enc, tokenizer=tokenizer, max_length=max_length)
+
+
+# --------------------------------------------------------------------------- NER
+
+
+@dataclass
+class NerTask:
+    """The WNUT-16 splits as lists of words and tag ids, with the tag names and entity types."""
+
+    labels: list[str]
+    types: list[str]
+    splits: dict[str, Any]
+    words: dict[str, list[list[str]]]
+    tags: dict[str, list[list[int]]]
+
+    def continuation_labels(self) -> dict[int, int]:
+        """``B-x`` -> ``I-x`` as tag ids: the label of a word's later sub-tokens when all are labelled."""
+        return {self.labels.index(f"B-{t}"): self.labels.index(f"I-{t}") for t in self.types}
+
+    def gold_tags(self, split: str) -> list[list[str]]:
+        """The gold tag names of ``split``, one list per tweet (what seqeval scores against)."""
+        return [[self.labels[t] for t in seq] for seq in self.tags[split]]
+
+    def encode(self, tokenizer: Any, *, max_length: int = 128, **kwargs) -> dict[str, list[dict[str, Any]]]:
+        """Every split tokenised with word labels aligned to sub-word tokens (see
+        :func:`llmbook.encoding.encode_words`, which also takes ``kwargs``)."""
+        return {name: encode_words(tokenizer, self.words[name], self.tags[name], max_length=max_length, **kwargs)
+                for name in SPLITS}
+
+
+def ner_task(*, n_train: int | None = None, n_eval: int | None = None) -> NerTask:
+    """The book's WNUT-16 splits; ``n_train`` / ``n_eval`` keep the first tweets of each split
+    (``None``: all), for the ``smoke`` profile."""
+    from llmbook import data
+
+    _check_size("n_train", n_train)
+    _check_size("n_eval", n_eval)
+    ner = data.wnut_ner()
+    labels = list(ner["train"].features["ner_tags"].feature.names)
+    splits = {}
+    for name in SPLITS:
+        split, n = ner[name], n_train if name == "train" else n_eval
+        if n is not None and n > len(split):
+            raise ValueError(f"asked for {n} {name} tweets, but the split has {len(split)}")
+        splits[name] = split.select(range(n)) if n else split
+    return NerTask(labels=labels, types=sorted({t[2:] for t in labels if t != "O"}), splits=splits,
+                   words={name: [list(w) for w in split["tokens"]] for name, split in splits.items()},
+                   tags={name: [list(t) for t in split["ner_tags"]] for name, split in splits.items()})
+
+
+# --------------------------------------------------------------------------- subsets and recipes
 
 
 def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
@@ -115,7 +175,7 @@ def balanced_subset(labels: Sequence[int], n: int, seed: int) -> np.ndarray:
 
 
 def small_data_config(n: int, seed: int, *, lr: float, bf16: bool, min_updates: int = 60,
-                      min_epochs: int = 3) -> training.TrainConfig:
+                      min_epochs: int = 3) -> TrainConfig:
     """The fixed recipe for ``n`` labelled sentences: no validation split, no early stopping.
 
     Batch 16 below 1,000 sentences and 32 from there on; at least ``min_epochs`` epochs and
@@ -127,20 +187,27 @@ def small_data_config(n: int, seed: int, *, lr: float, bf16: bool, min_updates: 
         raise ValueError(f"min_updates and min_epochs must be >= 1, got {min_updates}, {min_epochs}")
     batch_size = 16 if n < 1000 else 32
     epochs = max(min_epochs, math.ceil(min_updates / math.ceil(n / batch_size)))
-    return training.TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, bf16=bf16, seed=seed)
+    return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, bf16=bf16, seed=seed)
 
 
-def new_classifier(labels: Sequence[str], *, seed: int, device: Any = "cpu", scratch: bool = False,
-                   attn_implementation: str = "eager"):
-    """A sequence classifier on the encoder, its head initialised from ``seed``.
+# --------------------------------------------------------------------------- models and baselines
 
-    ``scratch=False``: the pretrained encoder with a new head (its load report, which would
-    list the two new head weights every time, is silenced). ``scratch=True``: the identical
-    architecture (same config, tokenizer and head) with every weight drawn at random.
+
+def new_classifier(labels: Sequence[str], *, seed: int, task: str = "sequence-classification",
+                   device: Any = "cpu", scratch: bool = False, attn_implementation: str = "eager"):
+    """A sequence or token classifier on the encoder, its head initialised from ``seed``.
+
+    ``task`` is ``"sequence-classification"`` (one label per sentence) or
+    ``"token-classification"`` (one label per token). ``scratch=False``: the pretrained encoder
+    with a new head (its load report, which would list the new head weights every time, is
+    silenced). ``scratch=True``: the identical architecture (same config, tokenizer and head)
+    with every weight drawn at random.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
+    if task not in CLASSIFIER_TASKS:
+        raise ValueError(f"task must be one of {CLASSIFIER_TASKS}, got {task!r}")
     labels = list(labels)
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"labels must name at least two distinct classes, got {labels!r}")
@@ -149,13 +216,13 @@ def new_classifier(labels: Sequence[str], *, seed: int, device: Any = "cpu", scr
         config = AutoConfig.from_pretrained(models.resolve(None, "minilm"), num_labels=len(labels),
                                             id2label=dict(enumerate(labels)),
                                             label2id={name: i for i, name in enumerate(labels)})
-        model = AutoModelForSequenceClassification.from_config(config, attn_implementation=attn_implementation)
-        return model.to(device)
+        auto = AutoModelForSequenceClassification if task == "sequence-classification" else \
+            AutoModelForTokenClassification
+        return auto.from_config(config, attn_implementation=attn_implementation).to(device)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        model, _ = models.load_encoder("sequence-classification", labels=labels,
-                                       attn_implementation=attn_implementation)
+        model, _ = models.load_encoder(task, labels=labels, attn_implementation=attn_implementation)
     finally:
         hf_logging.set_verbosity(verbosity)
     return model.to(device)
@@ -194,7 +261,7 @@ def tfidf_grid(task: PolarityTask, grid: Sequence[tuple[tuple[int, int], float]]
     for ngrams, C in grid:
         predict = fit_tfidf(task.texts["train"], task.y["train"], ngrams, C)
         rows.append({"ngrams": tuple(ngrams), "C": C,
-                     **{f"{split} acc": training.accuracy(predict(task.texts[split]), task.y[split])
+                     **{f"{split} acc": accuracy(predict(task.texts[split]), task.y[split])
                         for split in ("validation", "test")}})
     return pd.DataFrame(rows)
 
@@ -206,16 +273,14 @@ def embed_by_length(encoder: Any, tokenizer: Any, sentences: Sequence[str], *, b
     The sentences are embedded sorted by length, so each batch is padded only to its own
     longest member, and then put back in the original order.
     """
-    import torch
-
     if isinstance(sentences, str):
         raise TypeError("embed_by_length() takes a list of sentences, not a single string")
     sentences = list(sentences)
     if not sentences:
         raise ValueError("no sentences to embed")
     device = next(encoder.parameters()).device
-    order = np.argsort([len(s) for s in sentences], kind="stable")
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+    order = length_order([len(s) for s in sentences])
+    with hardware.autocast(device, bf16):
         emb = models.embed(encoder, tokenizer, [sentences[i] for i in order], batch_size=batch_size)
     out = np.empty(tuple(emb.shape), dtype=np.float32)
     out[order] = emb.float().cpu().numpy()

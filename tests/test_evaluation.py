@@ -1,0 +1,163 @@
+"""Unit tests of llmbook.evaluation: predictions in input order, accuracy, word-level tags, calibration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+
+from llmbook import evaluation
+from llmbook.encoding import pad_batch
+from llmbook.losses import IGNORE_INDEX
+
+
+def tiny_config(num_labels: int = 2) -> BertConfig:
+    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels)
+
+
+def tiny_classifier(seed: int = 0) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    return BertForSequenceClassification(tiny_config())
+
+
+def toy_examples(n: int = 24, seed: int = 0) -> list[dict]:
+    """Label 1 when token 5 occurs in the sentence; lengths vary from 3 to 10."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = [1] + rng.integers(6, 40, size=rng.integers(1, 8)).tolist() + [2]
+        label = int(rng.random() < 0.5)
+        if label:
+            ids[rng.integers(1, len(ids) - 1)] = 5
+        out.append({"input_ids": ids, "labels": label})
+    return out
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_predictions_come_back_in_input_order():
+    model = tiny_classifier().eval()
+    examples = toy_examples(20, seed=4)
+    batched = evaluation.predict_logits(model, examples, pad_token_id=0, batch_size=6)
+    for e, logits in zip(examples, batched, strict=True):
+        one = model(**pad_batch([{"input_ids": e["input_ids"]}], 0)).logits[0].detach().numpy()
+        np.testing.assert_allclose(logits, one, rtol=1e-4, atol=1e-5)
+
+
+def test_eval_mode_is_deterministic_and_train_mode_is_not():
+    model = tiny_classifier()
+    model.config.hidden_dropout_prob = 0.5
+    model = BertForSequenceClassification(model.config)
+    examples = toy_examples(10)
+    a, b = (np.stack(evaluation.predict_logits(model, examples, pad_token_id=0)) for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    c, d = (np.stack(evaluation.predict_logits(model, examples, pad_token_id=0, train_mode=True)) for _ in range(2))
+    assert not np.allclose(c, d)
+
+
+def test_token_predictions_and_word_level_tags():
+    torch.manual_seed(0)
+    model = BertForTokenClassification(tiny_config(num_labels=3))
+    examples = [{"input_ids": [1, 7, 8, 2], "labels": [-100, 1, -100, -100]},
+                {"input_ids": [1, 7, 8, 9, 10, 2], "labels": [-100, 0, 2, -100, 1, -100]}]
+    preds = evaluation.predict_labels(model, examples, pad_token_id=0)
+    assert [p.shape for p in preds] == [(4,), (6,)]
+    names = ["O", "B-x", "I-x"]
+    pred_tags, gold_tags = evaluation.word_level_tags([[0, 2, 0, 0], [0, 1, 1, 0, 0, 0]],
+                                                      [e["labels"] for e in examples], names, n_words=[1, 3])
+    assert gold_tags == [["B-x"], ["O", "I-x", "B-x"]]
+    assert pred_tags == [["I-x"], ["B-x", "B-x", "O"]]
+
+
+def test_accuracy_and_input_checks():
+    assert evaluation.accuracy([1, 0, 1, 1], [1, 1, 1, 0]) == 0.5
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        evaluation.accuracy([1, 0, 1], [1, 1])
+
+
+# --------------------------------------------------------------------------- word-level tags and truncation
+
+
+NAMES = ["O", "B-x", "I-x"]
+# two sentences of 3 and 2 words, first-sub-token labels: 3 and 2 labelled tokens
+LABELS = [[IGNORE_INDEX, 1, 2, IGNORE_INDEX, 0, IGNORE_INDEX], [IGNORE_INDEX, 0, 1, IGNORE_INDEX]]
+PREDS = [[0, 1, 2, 2, 0, 0], [0, 0, 0, 0]]
+
+
+def test_word_level_tags_passes_when_nothing_was_cut():
+    preds, golds = evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[3, 2])
+    assert golds == [["B-x", "I-x", "O"], ["O", "B-x"]]
+    assert preds == [["B-x", "I-x", "O"], ["O", "O"]]
+    assert evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=None) == (preds, golds)
+    assert evaluation.word_level_tags(PREDS, LABELS, dict(enumerate(NAMES)), n_words=np.array([3, 2])) == (preds, golds)
+
+
+def test_word_level_tags_needs_the_word_counts_by_keyword():
+    with pytest.raises(TypeError, match="n_words"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, [3, 2])  # type: ignore[misc]
+
+
+def test_word_level_tags_raises_when_truncation_cut_words():
+    # the first sentence had 5 words but only 3 kept a labelled token, the second 4 instead of 2
+    with pytest.raises(ValueError, match="truncation cut 4 words off 2 of 2 sentences"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[5, 4])
+    with pytest.raises(ValueError, match="truncation cut 1 words off 1 of 2 sentences"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[3, 3], on_truncation="raise")
+
+
+def test_word_level_tags_warns_and_scores_what_is_left():
+    with pytest.warns(UserWarning, match="truncation cut 2 words off 1 of 2 sentences"):
+        preds, golds = evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[5, 2], on_truncation="warn")
+    assert golds == [["B-x", "I-x", "O"], ["O", "B-x"]]
+    assert preds == [["B-x", "I-x", "O"], ["O", "O"]]
+
+
+def test_word_level_tags_refuses_bad_policies_and_counts():
+    with pytest.raises(ValueError, match="on_truncation must be one of"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[3, 2], on_truncation="ignore")
+    with pytest.raises(ValueError, match="1 word counts for 2 label sequences"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[3])
+    with pytest.raises(ValueError, match="3 labelled tokens for 2 words"):
+        evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[2, 2])
+    with pytest.raises(ValueError, match="1 predicted sequences for 2 label sequences"):
+        evaluation.word_level_tags(PREDS[:1], LABELS, NAMES, n_words=[3, 2])
+    with pytest.raises(ValueError, match="sequence 1: 3 predictions for 4 labels"):
+        evaluation.word_level_tags([PREDS[0], [0, 0, 0]], LABELS, NAMES, n_words=[3, 2])
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_ece_known_values():
+    torch.manual_seed(0)
+    # 10 predictions at confidence 0.9 of which 6 are right: ECE = |0.6 - 0.9| = 0.3
+    probs = torch.full((10,), 0.9)
+    labels = torch.tensor([1] * 6 + [0] * 4)
+    assert evaluation.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.3)
+    # a calibrated source: labels drawn with the stated probability
+    p = torch.rand(200_000, dtype=torch.float64)
+    y = (torch.rand(200_000, dtype=torch.float64) < p).long()
+    assert evaluation.expected_calibration_error(p, y) < 0.01
+    with pytest.raises(ValueError, match="pass softmax"):
+        evaluation.expected_calibration_error(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match=r"labels must be integer classes in \[0, 1\]"):
+        evaluation.expected_calibration_error(torch.tensor([0.2, 0.9]), torch.tensor([0, 2]))
+    bins = evaluation.calibration_bins(probs, labels, n_bins=10)
+    assert bins["count"].sum() == 10 and bins["count"][8] == 10  # confidence 0.9 falls in (0.8, 0.9]
+
+
+def test_fit_temperature_recovers_the_true_temperature():
+    torch.manual_seed(0)
+    true_logits = 2.0 * torch.randn(8_000, 3, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(true_logits, -1), 1).squeeze(1)
+    assert evaluation.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.08)
+    z = 1.5 * torch.randn(8_000, dtype=torch.float64)
+    yb = (torch.rand(8_000, dtype=torch.float64) < torch.sigmoid(z)).long()
+    assert evaluation.fit_temperature(0.5 * z, yb) == pytest.approx(0.5, rel=0.08)
+    with pytest.raises(ValueError, match="expected logits"):
+        evaluation.fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
