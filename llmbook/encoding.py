@@ -25,7 +25,7 @@ from torch import Tensor
 from llmbook.losses import IGNORE_INDEX
 
 __all__ = [
-    "IGNORE_INDEX", "encode_texts", "align_labels_with_tokens", "encode_words", "pad_sequences", "pad_batch",
+    "encode_texts", "align_labels_with_tokens", "encode_words", "pad_sequences", "pad_batch",
     "random_batches", "length_bucketed_batches", "padding_fraction", "length_order",
 ]
 
@@ -68,6 +68,8 @@ def align_labels_with_tokens(word_ids: Sequence[int | None], word_labels: Sequen
     when that mapping is given (typically ``B-x`` -> ``I-x``, so that a word split in three reads
     ``B-x I-x I-x``).
     """
+    if continuation_label is not None and not label_all_subtokens:
+        raise ValueError("continuation_label applies only with label_all_subtokens=True")
     word_ids = list(word_ids)
     n_words = len(word_labels)
     labels: list[int] = []

@@ -48,8 +48,7 @@ REPO_ROOT = PACKAGE_DIR.parent
 STAMP_KEY = "llmbook"
 PROBE_MARK = "<<LLMBOOK-PROBE>>"
 HARD_CAP_S = 20 * 60  # a chapter's full run must stay below this on the 2-core CPU
-PRECISION_ENV = hardware.PRECISION_ENV  # "LLMBOOK_PRECISION"
-STAMP_PRECISION = "fp32"  # every stamped run, on every machine
+STAMP_PRECISION = hardware.DEFAULT_PRECISION  # "fp32": every stamped run, on every machine
 PROBE_CODE = f"""
 import sys as _s, json as _j, os as _o
 _files = {{n: getattr(m, "__file__", None) for n, m in list(_s.modules.items())
@@ -57,7 +56,7 @@ _files = {{n: getattr(m, "__file__", None) for n, m in list(_s.modules.items())
 from llmbook import runtime as _rt
 print({PROBE_MARK!r} + _j.dumps({{"modules": _files, "versions": _rt.versions(),
                                   "device": _rt.device_description(),
-                                  "precision": _o.environ.get({PRECISION_ENV!r})}}))
+                                  "precision": _o.environ.get({hardware.PRECISION_ENV!r})}}))
 """
 
 
@@ -436,7 +435,7 @@ def run_notebook(path: Path, profile: str, timeout: int = 3600,
     nb.cells.append(nbformat.v4.new_code_cell(PROBE_CODE))
     environment = {profiles.ENV_VAR: profile}
     if profile == "full":  # the stamped run computes in fp32 on every machine
-        environment[PRECISION_ENV] = STAMP_PRECISION
+        environment[hardware.PRECISION_ENV] = STAMP_PRECISION
     previous = {name: os.environ.get(name) for name in environment}
     os.environ.update(environment)
     try:

@@ -359,12 +359,15 @@ def train_lm(model: GPT, train_ids: torch.Tensor, val_ids: torch.Tensor, cfg: Pr
     """Pretrain ``model`` on next-token prediction; return one record per evaluation.
 
     Each step: a random batch, AdamW (:func:`llmbook.optim.make_optimizer`) with the learning
-    rate of :func:`llmbook.optim.warmup_cosine_lr`, gradients clipped to global norm ``max_grad_norm``. Every ``eval_interval`` steps (and at the end)
-    the record holds the step, tokens seen, learning rate, mean training loss since the
-    last evaluation, validation loss on fixed windows, the last gradient norm before
-    clipping, the share of steps since the last evaluation whose gradient was clipped, and
-    elapsed seconds; ``on_eval(step, model)`` is then called (e.g. to print a sample).
-    ``train_ids``/``val_ids`` stay on the CPU; batches move to the model's device.
+    rate of :func:`llmbook.optim.warmup_cosine_lr`, gradients clipped to global norm
+    ``max_grad_norm``. Every ``eval_interval`` steps (and at the end) the record holds the step,
+    tokens seen, the learning rate of step ``step`` (the next update's; ``min_lr`` in the final
+    record, after the last update), mean training loss since the last evaluation, validation
+    loss on fixed windows, the last gradient norm before clipping, the share of steps since the
+    last evaluation whose gradient was clipped, and elapsed seconds; ``on_eval(step, model)`` is
+    then called (e.g. to print a sample). ``train_ids``/``val_ids`` stay on the CPU; batches move
+    to the model's device. (The step-based loop of pretraining; fine-tuning's epoch loop with
+    hooks is :func:`llmbook.training.fit`.)
     """
     from tqdm.auto import tqdm
 

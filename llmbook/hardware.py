@@ -5,8 +5,10 @@ with bf16 support, CPUs with AMX or AVX-512 BF16) and a large slow-down where it
 (on a 2-core AVX2-only CPU, one MiniLM training step on 32 sentences took 26.5 s under bf16
 autocast against 1.5 s in fp32).
 
-- :func:`bf16_is_native`: whether a device multiplies in bf16 natively (asked of torch);
-  :func:`cpu_bf16_support`: the same question answered from the CPU flags, for the stamp.
+- :func:`bf16_is_native`: whether a device multiplies in bf16 natively (asked of torch: AMX or
+  AVX-512 BF16 on an x86 CPU, compute capability 8.0 or more on a CUDA GPU);
+  :func:`cpu_bf16_support`: what the CPU flags say, for the stamp. It also names Arm's BF16
+  extension, which :func:`bf16_is_native` does not count (torch has no probe for it).
 - :func:`precision`: ``$LLMBOOK_PRECISION``, ``fp32`` (the default, and what every stamped run
   uses, so the book's numbers do not depend on the machine that stamped them) or ``auto``
   (bf16 wherever it is native, for readers who want speed over reproducing the book).
@@ -29,8 +31,8 @@ def bf16_is_native(device) -> bool:
     import torch
 
     device = torch.device(device)
-    if device.type == "cuda":
-        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cuda":  # Ampere (compute capability 8.0) and newer; older GPUs only emulate bf16
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         return any(getattr(torch.cpu, name, lambda: False)()
                    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))

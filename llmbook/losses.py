@@ -187,7 +187,9 @@ def softmax_cross_entropy(logits: Tensor, targets: Tensor, *, ignore_index: int 
     logits, targets = _as_tensor(logits, "logits"), _as_tensor(targets, "targets")
     _check_reduction(reduction)
     y, mask = _ce_targets(logits, targets, ignore_index)
-    loss = (stable_logsumexp(logits) - (y * logits).sum(-1)) * mask
+    # a class with target probability 0 contributes nothing, even where its logit is -inf (masked)
+    target_term = torch.where(y > 0, y * logits, torch.zeros((), dtype=logits.dtype)).sum(-1)
+    loss = torch.where(mask, stable_logsumexp(logits) - target_term, torch.zeros((), dtype=logits.dtype))
     count = int(mask.sum())
     if reduction == "mean" and count == 0:
         raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss is undefined")
@@ -313,7 +315,9 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     ``alpha * T**2 * KL(softmax(t/T) || softmax(s/T)) + (1 - alpha) * CE(s, labels)``.
     The soft term's gradient shrinks like ``1/T**2`` for large ``T``; the ``T**2`` factor keeps its
     weight relative to the hard term the same whatever temperature is chosen. The teacher is a
-    constant (no gradient flows into it). ``labels`` may be omitted only when ``alpha == 1``.
+    constant (no gradient flows into it). ``labels`` may be omitted only when ``alpha == 1``;
+    when given, positions labelled ``IGNORE_INDEX`` (padding) count in neither term. A class the
+    teacher gives probability 0 (a ``-inf`` logit) contributes 0 to the KL term.
     """
     s, t = _as_tensor(student_logits, "student_logits"), _as_tensor(teacher_logits, "teacher_logits")
     if s.shape != t.shape:
@@ -328,13 +332,20 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     s2, t2 = s.reshape(-1, s.shape[-1]), t.detach().reshape(-1, t.shape[-1]).to(s.dtype)
     log_p_student = F.log_softmax(s2 / T, dim=-1)
     log_p_teacher = F.log_softmax(t2 / T, dim=-1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1).mean()
-    loss = alpha * T**2 * kl
-    if alpha < 1.0:
-        if labels is None:
-            raise ValueError("labels are needed unless alpha == 1 (pure soft-target distillation)")
+    p_teacher = log_p_teacher.exp()
+    per_row = torch.where(p_teacher > 0, p_teacher * (log_p_teacher - log_p_student),
+                          torch.zeros((), dtype=s2.dtype)).sum(-1)
+    if labels is None and alpha < 1.0:
+        raise ValueError("labels are needed unless alpha == 1 (pure soft-target distillation)")
+    if labels is not None:
         labels = _as_tensor(labels, "labels")
         if labels.shape != s.shape[:-1]:
             raise ValueError(f"labels must have shape {tuple(s.shape[:-1])}, got {tuple(labels.shape)}")
+        counted = labels.reshape(-1) != IGNORE_INDEX
+        if not bool(counted.any()):
+            raise ValueError("every label equals IGNORE_INDEX: the mean loss is undefined")
+        per_row = per_row[counted]
+    loss = alpha * T**2 * per_row.mean()
+    if alpha < 1.0:
         loss = loss + (1.0 - alpha) * softmax_cross_entropy(s2, labels.reshape(-1))
     return loss

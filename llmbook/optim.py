@@ -9,8 +9,8 @@ for what weight decay applies to, and their schedules from the same factors:
   method passes only what trains.
 - :func:`make_optimizer`: AdamW over those groups (fused where torch has a kernel for the device).
 - :func:`warmup_linear_factor`, :func:`warmup_cosine_lr`: the fine-tuning schedule (linear
-  warmup from 0, linear decay to 0) and the pretraining schedule (nanoGPT's warmup that reaches
-  the peak at the end of warmup, then cosine decay to a floor); :func:`lambda_schedule` wraps a
+  warmup from 0, linear decay to 0) and the pretraining schedule (a warmup that reaches the
+  peak at its last step, then cosine decay to a floor); :func:`lambda_schedule` wraps a
   factor as a ``torch`` scheduler.
 """
 
@@ -119,6 +119,8 @@ def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int) -> floa
     if total_steps < 1 or warmup_steps < 0 or warmup_steps > total_steps:
         raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps >= 1, got {warmup_steps}, "
                          f"{total_steps}")
+    if step < 0:
+        raise ValueError(f"step must be non-negative, got {step}")
     if step < warmup_steps:
         return step / warmup_steps
     if total_steps == warmup_steps:
@@ -129,8 +131,9 @@ def warmup_linear_factor(step: int, warmup_steps: int, total_steps: int) -> floa
 def warmup_cosine_lr(step: int, *, max_lr: float, min_lr: float, warmup_steps: int, total_steps: int) -> float:
     """Learning rate at ``step``: linear warmup to ``max_lr``, then cosine decay to ``min_lr``.
 
-    nanoGPT's convention: warmup step ``s`` uses ``max_lr * (s + 1) / warmup_steps``, so the last
-    warmup step reaches the peak; after ``total_steps`` the rate stays at ``min_lr``.
+    Warmup step ``s`` uses ``max_lr * (s + 1) / warmup_steps``, so the last warmup step reaches
+    the peak (the convention of Karpathy's build-nanogpt; nanoGPT's ``train.py`` divides by
+    ``warmup_iters + 1``); from ``total_steps`` on the rate stays at ``min_lr``.
     """
     if not 0 <= warmup_steps <= total_steps or total_steps < 1:
         raise ValueError(f"need 0 <= warmup_steps ({warmup_steps}) <= total_steps ({total_steps}) "

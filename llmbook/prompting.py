@@ -193,6 +193,9 @@ def contextual_calibration(probs, content_free_probs) -> np.ndarray:
         raise ValueError(f"content_free_probs must have {p.shape[1]} labels per row, got shape {cf.shape}")
     if (p < 0).any() or (cf <= 0).any() or not np.isfinite(p).all() or not np.isfinite(cf).all():
         raise ValueError("probabilities must be finite, probs >= 0 and content-free probs > 0 (pass exp(log-probs))")
+    if (p.sum(1) <= 0).any():
+        raise ValueError(f"{int((p.sum(1) <= 0).sum())} rows of probs are all 0 (exp underflowed?): "
+                         "renormalise log-probabilities over the labels before exp")
     p_cf = (cf / cf.sum(1, keepdims=True)).mean(0)
     q = p / p.sum(1, keepdims=True) / p_cf
     return q / q.sum(1, keepdims=True)

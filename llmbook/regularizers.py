@@ -20,11 +20,20 @@ from torch import Tensor, nn
 __all__ = ["parameter_snapshot", "l2_sp_penalty", "l2_sp_extra_loss"]
 
 
-def parameter_snapshot(model: nn.Module) -> dict[str, Tensor]:
-    """Detached copies of the trainable parameters: the anchor ``theta_0`` for :func:`l2_sp_penalty`."""
+def parameter_snapshot(model: nn.Module, *, exclude: Callable[[str], bool] | None = None) -> dict[str, Tensor]:
+    """Detached copies of the trainable parameters: the anchor ``theta_0`` for :func:`l2_sp_penalty`.
+
+    L2-SP pulls the *pretrained* weights back to their values; a newly initialised head has no
+    pretrained value, so leave it out: ``parameter_snapshot(model, exclude=lambda name:
+    name.startswith("classifier."))`` (give the head an ordinary L2 penalty if you want one).
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters()
+                if p.requires_grad and not (exclude is not None and exclude(n))}
+    if not snapshot:
+        raise ValueError("no trainable parameter is left to anchor (all frozen or excluded)")
+    return snapshot
 
 
 def l2_sp_penalty(model: nn.Module, reference: Mapping[str, Tensor], alpha: float) -> Tensor:

@@ -72,8 +72,10 @@ def bootstrap_interval(correct, *, n_boot: int = 2000, seed: int = 0, level: flo
     values = np.asarray(correct, dtype=np.float64)
     if values.ndim == 1:
         values = values[:, None]
-    if values.ndim != 2 or values.shape[0] < 2:
-        raise ValueError(f"correct must be (n,) or (n, runs) with n >= 2, got shape {np.shape(correct)}")
+    if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] < 1:
+        raise ValueError(f"correct must be (n,) or (n, runs) with n >= 2 and runs >= 1, got shape {np.shape(correct)}")
+    if not np.isfinite(values).all():
+        raise ValueError("correct must be finite (no NaN or inf): score every example")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     if n_boot < 100:
@@ -119,6 +121,8 @@ def _paired_arrays(a, b, name: str, *, allow_runs: bool) -> tuple[np.ndarray, np
         raise ValueError(f"{name}: scores must have shape {shapes}, got {a.shape}")
     if a.shape[0] < 2:
         raise ValueError(f"{name}: need at least 2 pairs, got {a.shape[0]}")
+    if a.ndim == 2 and a.shape[1] < 1:
+        raise ValueError(f"{name}: need at least one run per example, got shape {a.shape}")
     if np.isnan(a).any() or np.isnan(b).any():
         raise ValueError(f"{name}: scores contain NaN; drop or fill the missing scores first")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):

@@ -54,12 +54,11 @@ class TrainConfig:
     patience: int | None = 1
     bf16: bool = False
     bucket_by_length: bool = True
-    eval_batch_size: int = 128
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("epochs, batch_size and eval_batch_size must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
         if self.patience is not None and self.patience < 1:
@@ -157,7 +156,8 @@ def train_step(model: nn.Module, batch: Mapping[str, Tensor], optimizer: torch.o
 
     ``extra_loss(model, batch, outputs)``, if given, is added to the model's loss before the
     backward pass. The gradient norm is the one before clipping; clipping rescales all
-    gradients together so that their global L2 norm is at most ``max_grad_norm``.
+    gradients together so that their global L2 norm is at most ``max_grad_norm``. A loss or a
+    gradient norm that is not finite raises ``FloatingPointError`` before the weights change.
     """
     device = next(model.parameters()).device
     model.train()
@@ -173,6 +173,9 @@ def train_step(model: nn.Module, batch: Mapping[str, Tensor], optimizer: torch.o
             if not isinstance(extra, Tensor) or extra.dim() != 0:
                 raise ValueError("extra_loss must return a scalar tensor (a 0-dim torch.Tensor)")
             loss = loss + extra
+    if not torch.isfinite(loss.detach()):
+        raise FloatingPointError(f"the loss is {float(loss.detach())}: lower the learning rate, or check the "
+                                 "inputs and the extra loss term")
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
     if not params:
@@ -181,6 +184,8 @@ def train_step(model: nn.Module, batch: Mapping[str, Tensor], optimizer: torch.o
         norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     else:
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    if not torch.isfinite(norm):
+        raise FloatingPointError(f"the gradient norm is {float(norm)}: no update was made")
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
@@ -222,7 +227,9 @@ def fit(model: nn.Module, train_examples: Sequence[Mapping[str, Any]], config: T
     epoch's weights, and ``best_score`` is that epoch's score. Without ``eval_fn`` the model
     simply trains for ``config.epochs`` epochs. Seeds the batch order and dropout from
     ``config.seed``. The hooks (``trainable``, ``extra_loss``, ``on_epoch_end``) are described
-    in the module docstring.
+    in the module docstring. With a ready ``optimizer``, ``config.lr`` and ``config.weight_decay``
+    are not used (the optimizer's own settings are), and every parameter that requires a gradient
+    must be in it. A validation score that is not finite raises ``FloatingPointError``.
     """
     from tqdm.auto import tqdm
 
@@ -232,6 +239,13 @@ def fit(model: nn.Module, train_examples: Sequence[Mapping[str, Any]], config: T
         raise ValueError("pass either trainable (fit builds the optimizer) or a ready optimizer, not both")
     if trainable is not None:
         _select_trainable(model, trainable)
+    if optimizer is not None:
+        in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        outside = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in in_optimizer]
+        if outside:
+            raise ValueError(f"{len(outside)} trainable parameters are not in the optimizer (e.g. {outside[0]}); "
+                             "freeze them (requires_grad_(False)) or add them to the optimizer")
+    model.zero_grad(set_to_none=True)  # no gradient left over from earlier cells leaks into the first update
     torch.manual_seed(config.seed)
     steps_per_epoch = len(_make_batches(train_examples, config, 0))
     total_steps = steps_per_epoch * config.epochs
@@ -267,17 +281,20 @@ def fit(model: nn.Module, train_examples: Sequence[Mapping[str, Any]], config: T
             shown = f"{score:.4f}" if score is not None else "-"
             log(f"epoch {epoch}: train loss {np.mean(losses):.4f}   validation {shown}   "
                 f"({time.perf_counter() - start:.0f} s)")
-        stop_now = bool(on_epoch_end(epoch, model, record)) if on_epoch_end is not None else False
+        patience_ran_out = False
         if score is not None:
+            if not np.isfinite(score):
+                raise FloatingPointError(f"eval_fn returned {score} after epoch {epoch}: a score must be finite")
             if best_score is None or score > best_score:
                 best_score, best_epoch, since_best = score, epoch, 0
                 best_state = copy.deepcopy(model.state_dict()) if config.patience is not None else None
             else:
                 since_best += 1
-                if config.patience is not None and since_best >= config.patience:
-                    stopped = epoch < config.epochs
-                    break
-        if stop_now:
+                patience_ran_out = config.patience is not None and since_best >= config.patience
+        # the hook runs after the best weights were saved, so a hook that changes the weights
+        # cannot change what is restored
+        stop_now = bool(on_epoch_end(epoch, model, record)) if on_epoch_end is not None else False
+        if patience_ran_out or stop_now:
             stopped = epoch < config.epochs
             break
     bar.close()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
 
-from llmbook import evaluation
+from llmbook import calibration, evaluation
 from llmbook.encoding import pad_batch
 from llmbook.losses import IGNORE_INDEX
 
@@ -104,14 +104,14 @@ def test_word_level_tags_needs_the_word_counts_by_keyword():
 
 def test_word_level_tags_raises_when_truncation_cut_words():
     # the first sentence had 5 words but only 3 kept a labelled token, the second 4 instead of 2
-    with pytest.raises(ValueError, match="truncation cut 4 words off 2 of 2 sentences"):
+    with pytest.raises(ValueError, match="4 words of 2 of 2 sentences have no labelled token"):
         evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[5, 4])
-    with pytest.raises(ValueError, match="truncation cut 1 words off 1 of 2 sentences"):
+    with pytest.raises(ValueError, match="1 words of 1 of 2 sentences have no labelled token"):
         evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[3, 3], on_truncation="raise")
 
 
 def test_word_level_tags_warns_and_scores_what_is_left():
-    with pytest.warns(UserWarning, match="truncation cut 2 words off 1 of 2 sentences"):
+    with pytest.warns(UserWarning, match="2 words of 1 of 2 sentences have no labelled token"):
         preds, golds = evaluation.word_level_tags(PREDS, LABELS, NAMES, n_words=[5, 2], on_truncation="warn")
     assert golds == [["B-x", "I-x", "O"], ["O", "B-x"]]
     assert preds == [["B-x", "I-x", "O"], ["O", "O"]]
@@ -138,16 +138,16 @@ def test_ece_known_values():
     # 10 predictions at confidence 0.9 of which 6 are right: ECE = |0.6 - 0.9| = 0.3
     probs = torch.full((10,), 0.9)
     labels = torch.tensor([1] * 6 + [0] * 4)
-    assert evaluation.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.3)
+    assert calibration.expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.3)
     # a calibrated source: labels drawn with the stated probability
     p = torch.rand(200_000, dtype=torch.float64)
     y = (torch.rand(200_000, dtype=torch.float64) < p).long()
-    assert evaluation.expected_calibration_error(p, y) < 0.01
+    assert calibration.expected_calibration_error(p, y) < 0.01
     with pytest.raises(ValueError, match="pass softmax"):
-        evaluation.expected_calibration_error(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
+        calibration.expected_calibration_error(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"labels must be integer classes in \[0, 1\]"):
-        evaluation.expected_calibration_error(torch.tensor([0.2, 0.9]), torch.tensor([0, 2]))
-    bins = evaluation.calibration_bins(probs, labels, n_bins=10)
+        calibration.expected_calibration_error(torch.tensor([0.2, 0.9]), torch.tensor([0, 2]))
+    bins = calibration.calibration_bins(probs, labels, n_bins=10)
     assert bins["count"].sum() == 10 and bins["count"][8] == 10  # confidence 0.9 falls in (0.8, 0.9]
 
 
@@ -155,9 +155,9 @@ def test_fit_temperature_recovers_the_true_temperature():
     torch.manual_seed(0)
     true_logits = 2.0 * torch.randn(8_000, 3, dtype=torch.float64)
     labels = torch.multinomial(torch.softmax(true_logits, -1), 1).squeeze(1)
-    assert evaluation.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.08)
+    assert calibration.fit_temperature(3.0 * true_logits, labels) == pytest.approx(3.0, rel=0.08)
     z = 1.5 * torch.randn(8_000, dtype=torch.float64)
     yb = (torch.rand(8_000, dtype=torch.float64) < torch.sigmoid(z)).long()
-    assert evaluation.fit_temperature(0.5 * z, yb) == pytest.approx(0.5, rel=0.08)
+    assert calibration.fit_temperature(0.5 * z, yb) == pytest.approx(0.5, rel=0.08)
     with pytest.raises(ValueError, match="expected logits"):
-        evaluation.fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))
+        calibration.fit_temperature(torch.zeros(3, 2), torch.zeros(4, dtype=torch.long))

@@ -19,14 +19,14 @@ def executed(tmp_path_factory):
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_markdown_cell("# tiny"),
                 nbformat.v4.new_code_cell("from llmbook import profile\nprint(profile.current(), 6 * 7)"),
-                nbformat.v4.new_code_cell(f"import os\nprint(os.environ.get({execute.PRECISION_ENV!r}))"),
+                nbformat.v4.new_code_cell(f"import os\nprint(os.environ.get({hardware.PRECISION_ENV!r}))"),
                 nbformat.v4.new_code_cell(WORKER_CELL)]
     path = folder / "tiny.ipynb"
     nbformat.write(nb, path)
     with pytest.MonkeyPatch.context() as env:
-        env.setenv(execute.PRECISION_ENV, "auto")  # a reader's setting: the stamped run ignores it
+        env.setenv(hardware.PRECISION_ENV, "auto")  # a reader's setting: the stamped run ignores it
         assert execute.main([str(path)]) == 0
-        assert os.environ[execute.PRECISION_ENV] == "auto", "the executor must restore the variable"
+        assert os.environ[hardware.PRECISION_ENV] == "auto", "the executor must restore the variable"
     return path
 
 

@@ -19,10 +19,18 @@ def test_bf16_is_native_follows_the_cpu_flags(monkeypatch):
 
 def test_bf16_is_native_elsewhere(monkeypatch):
     assert hardware.bf16_is_native("meta") is False
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # A100
     assert hardware.bf16_is_native("cuda") is True
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    # a T4 or V100 can hold bf16 tensors (is_bf16_supported() says True) but only emulates bf16 maths
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert hardware.bf16_is_native("cuda:0") is False
+    seen = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: seen.append(device) or (9, 0))
+    assert hardware.bf16_is_native("cuda:1") is True and seen == [torch.device("cuda:1")], "ask the device given"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert hardware.bf16_is_native("cuda") is False
 
 
 @pytest.mark.parametrize("flags, expected", [

@@ -77,12 +77,13 @@ def test_auto_stays_in_fp32_where_bf16_is_emulated(monkeypatch, emulated_cpu):
 
 def test_auto_on_cuda_follows_the_gpu(monkeypatch):
     monkeypatch.setenv(hardware.PRECISION_ENV, "auto")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     assert hardware.use_bf16("cuda") is True
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     assert hardware.use_bf16("cuda:0") is False
     monkeypatch.setenv(hardware.PRECISION_ENV, "fp32")
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
     assert hardware.use_bf16("cuda") is False
 
 

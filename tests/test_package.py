@@ -19,7 +19,7 @@ PACKAGE_DIR = ROOT / "llmbook"
 LAYERS = {
     **dict.fromkeys(["assets", "data", "profile", "runtime", "hardware", "models", "execute", "metrics"], 0),
     **dict.fromkeys(["losses", "stats", "encoding", "optim"], 1),
-    **dict.fromkeys(["training", "evaluation", "inference", "regularizers", "gpt"], 2),
+    **dict.fromkeys(["training", "evaluation", "calibration", "inference", "regularizers", "gpt"], 2),
     **dict.fromkeys(["tasks", "prompting"], 3),
 }
 
