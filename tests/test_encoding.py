@@ -170,3 +170,8 @@ def test_length_order_and_buckets_sort_unsigned_lengths_longest_first():
     assert encoding.length_order(lengths, descending=True).tolist() == [1, 2, 0]
     (batch,) = encoding.length_bucketed_batches(lengths, 3, seed=0)
     assert batch.tolist() == [1, 2, 0]
+
+
+def test_a_continuation_label_without_labelling_every_sub_token_is_refused():
+    with pytest.raises(ValueError, match="label_all_subtokens"):
+        encoding.align_labels_with_tokens([None, 0, 0, None], [1], continuation_label={1: 2})

@@ -141,11 +141,16 @@ def test_config_validation():
         tiny_config(attention="flash")
 
 
-def test_generate_appends_tokens_inside_the_vocabulary():
+def test_generate_samples_only_among_the_top_k_tokens():
+    torch.manual_seed(0)
     model = gpt.GPT(tiny_config()).eval()
-    out = model.generate(torch.zeros(1, 1, dtype=torch.long), 20, top_k=3,
-                         generator=torch.Generator().manual_seed(0))
-    assert out.shape == (1, 21) and int(out.max()) < 11
+    context = torch.zeros(1, 1, dtype=torch.long)
+    allowed = set(torch.topk(model(context)[0][0, -1], 3).indices.tolist())
+    firsts = {int(model.generate(context, 1, top_k=3, generator=torch.Generator().manual_seed(s))[0, 1])
+              for s in range(200)}
+    assert firsts <= allowed and len(firsts) > 1, (firsts, allowed)
+    out = model.generate(context, 20, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (1, 21) and torch.equal(out[:, :1], context)
 
 
 # --------------------------------------------------------------------------- training

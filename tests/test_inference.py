@@ -88,8 +88,10 @@ def test_inference_imports_no_prompting_and_no_stats():
 # --------------------------------------------------------------------------- dtype
 
 
-def test_inference_dtype_is_a_float_type():
-    assert hardware.inference_dtype("cpu") in (torch.float32, torch.bfloat16)
+def test_inference_dtype_is_fp32_by_default_and_on_devices_without_bf16(monkeypatch):
+    monkeypatch.delenv(hardware.PRECISION_ENV, raising=False)
+    assert hardware.inference_dtype("cpu") == torch.float32  # the default precision, whatever the CPU
+    monkeypatch.setenv(hardware.PRECISION_ENV, "auto")
     assert hardware.inference_dtype("meta") == torch.float32
 
 

@@ -206,3 +206,40 @@ def test_distillation_reduces_to_ce_and_checks_arguments():
 def test_bits_per_char_refuses_every_non_integer_n_chars_with_a_value_error(n_chars):
     with pytest.raises(ValueError, match="positive integer"):
         losses.bits_per_char(1.0, n_chars)
+
+
+def test_cross_entropy_stays_finite_with_masked_classes():
+    # a class removed from the choice (logit -inf) that is not the target contributes nothing
+    logits = torch.tensor([[2.0, -math.inf, 0.5], [0.1, 0.2, -math.inf]], requires_grad=True)
+    targets = torch.tensor([0, 1])
+    ours = losses.softmax_cross_entropy(logits, targets)
+    torch.testing.assert_close(ours, F.cross_entropy(logits, targets))
+    ours.backward()
+    assert torch.isfinite(logits.grad).all()
+    # and a position that is ignored may hold anything
+    padded = torch.tensor([[2.0, 1.0, 0.5], [-math.inf, -math.inf, -math.inf]])
+    assert torch.isfinite(losses.softmax_cross_entropy(padded, torch.tensor([0, -100])))
+
+
+def test_distillation_is_finite_when_the_teacher_rules_out_a_class():
+    student = torch.tensor([[1.0, 0.0, -1.0]])
+    teacher = torch.tensor([[2.0, 0.0, -math.inf]])
+    loss = losses.distillation_loss(student, teacher, T=2.0, alpha=1.0)
+    p_t = F.softmax(teacher / 2, -1)
+    expected = 4 * (p_t[0, :2] * (p_t[0, :2].log() - F.log_softmax(student / 2, -1)[0, :2])).sum()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_distillation_skips_positions_labelled_ignore_index():
+    gen = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 5, 4, generator=gen), torch.randn(2, 5, 4, generator=gen)
+    labels = torch.randint(0, 4, (2, 5), generator=gen)
+    padded = labels.clone()
+    padded[1, 3:] = -100  # two padding positions
+    keep = padded != -100
+    masked = losses.distillation_loss(s, t, padded, T=3.0, alpha=0.4)
+    kept = losses.distillation_loss(s[keep], t[keep], labels[keep], T=3.0, alpha=0.4)
+    torch.testing.assert_close(masked, kept)
+    assert not torch.isclose(masked, losses.distillation_loss(s, t, labels, T=3.0, alpha=0.4))
+    with pytest.raises(ValueError, match="every label equals IGNORE_INDEX"):
+        losses.distillation_loss(s, t, torch.full((2, 5), -100), alpha=0.5)

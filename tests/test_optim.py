@@ -188,3 +188,8 @@ def test_warmup_cosine_lr_refusals_and_no_warmup():
         optim.warmup_cosine_lr(0, max_lr=0.1, min_lr=1.0, warmup_steps=2, total_steps=10)
     with pytest.raises(ValueError, match="total_steps >= 1"):
         optim.warmup_cosine_lr(0, max_lr=1.0, min_lr=0.1, warmup_steps=0, total_steps=0)
+
+
+def test_warmup_linear_factor_refuses_a_negative_step():
+    with pytest.raises(ValueError, match="non-negative"):
+        optim.warmup_linear_factor(-1, 10, 100)

@@ -168,3 +168,8 @@ def test_prompting_imports_no_other_book_module_but_inference():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert set(ast.literal_eval(loaded)) <= {"llmbook.prompting", "llmbook.inference", "llmbook.encoding",
                                  "llmbook.hardware", "llmbook.losses"}, loaded
+
+
+def test_contextual_calibration_refuses_rows_that_underflowed_to_zero():
+    with pytest.raises(ValueError, match="rows of probs are all 0"):
+        P.contextual_calibration([[0.2, 0.8], [0.0, 0.0]], [0.5, 0.5])

@@ -66,3 +66,14 @@ def test_l2_sp_extra_loss_is_the_penalty_as_a_hook():
         regularizers.l2_sp_extra_loss(anchor, float("nan"))
     with pytest.raises(ValueError, match="reference is empty"):
         regularizers.l2_sp_extra_loss({}, 0.1)
+
+
+def test_parameter_snapshot_can_leave_out_a_new_head():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))  # "1." plays the new head
+    snapshot = regularizers.parameter_snapshot(model, exclude=lambda name: name.startswith("1."))
+    assert sorted(snapshot) == ["0.bias", "0.weight"]
+    with torch.no_grad():
+        model[1].weight.add_(5.0)  # the head moves: L2-SP does not pull it back
+    assert float(regularizers.l2_sp_penalty(model, snapshot, 1.0).detach()) == 0.0
+    with pytest.raises(ValueError, match="no trainable parameter is left"):
+        regularizers.parameter_snapshot(model, exclude=lambda name: True)

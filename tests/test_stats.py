@@ -250,3 +250,14 @@ def test_mean_sd_refusals():
         S.mean_sd([0.8, float("nan")])
     with pytest.raises(ValueError, match="digits"):
         S.format_mean_sd([0.8, 0.9], digits=-1)
+
+
+@pytest.mark.parametrize("bad", [[1.0, float("nan"), 0.0], [1.0, float("inf"), 0.0], np.zeros((3, 0))])
+def test_bootstrap_interval_refuses_missing_scores_and_empty_runs(bad):
+    with pytest.raises(ValueError):
+        S.bootstrap_interval(bad)
+
+
+def test_paired_bootstrap_refuses_examples_without_runs():
+    with pytest.raises(ValueError, match="at least one run"):
+        S.paired_bootstrap(np.zeros((4, 0)), np.zeros((4, 0)))

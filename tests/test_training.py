@@ -340,3 +340,67 @@ def test_ties_are_not_improvements():
     assert len(result.history) == 3 and not result.stopped_early
     assert result.best_epoch == 2 and result.best_score == 0.7
     assert same_weights(model, snapshots[1]) and not same_weights(model, snapshots[2])
+
+
+def test_a_ready_optimizer_must_hold_every_trainable_parameter():
+    model = tiny_classifier()
+    head_only = torch.optim.AdamW(model.classifier.parameters(), lr=1e-3)
+    with pytest.raises(ValueError, match="not in the optimizer"):
+        quiet_fit(model, toy_examples(8), training.TrainConfig(epochs=1, batch_size=4, patience=None),
+                  optimizer=head_only)
+    for name, p in model.named_parameters():  # freeze what the optimizer leaves out: now it trains
+        p.requires_grad_(name.startswith("classifier."))
+    quiet_fit(model, toy_examples(8), training.TrainConfig(epochs=1, batch_size=4, patience=None),
+              optimizer=head_only)
+    assert all(p.grad is None for n, p in model.named_parameters() if not n.startswith("classifier."))
+
+
+def test_gradients_left_over_from_an_earlier_backward_do_not_leak_into_the_first_update():
+    examples, cfg = toy_examples(8), training.TrainConfig(epochs=1, batch_size=4, patience=None, seed=3)
+    clean, dirty = no_dropout_classifier(), no_dropout_classifier()
+    dirty(**pad_batch(examples[:4], 0)).loss.mul(1000).backward()  # a demo backward in an earlier cell
+    quiet_fit(clean, examples, cfg)
+    quiet_fit(dirty, examples, cfg)
+    assert same_weights(dirty, clean.state_dict())
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf")])
+def test_a_non_finite_validation_score_is_refused(score):
+    eval_fn, _ = scripted([0.5, score])
+    with pytest.raises(FloatingPointError, match="after epoch 2"):
+        quiet_fit(tiny_classifier(), toy_examples(8), training.TrainConfig(epochs=3, batch_size=4, patience=2),
+                  eval_fn=eval_fn)
+
+
+def test_a_non_finite_loss_is_refused_before_the_weights_change():
+    model = tiny_classifier()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(FloatingPointError, match="the loss is nan"):
+        quiet_fit(model, toy_examples(8), training.TrainConfig(epochs=1, batch_size=4, patience=None),
+                  extra_loss=lambda m, b, o: torch.tensor(float("nan")))
+    assert same_weights(model, before)
+
+
+def test_a_hook_that_changes_the_weights_cannot_change_what_is_restored():
+    # epoch 1 scores best; the hook then overwrites the weights; patience restores epoch 1 as scored
+    eval_fn, snapshots = scripted([0.9, 0.1, 0.1])
+
+    def scramble(epoch, model, record):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+
+    model = tiny_classifier()
+    result = quiet_fit(model, toy_examples(8), training.TrainConfig(epochs=3, batch_size=4, patience=2),
+                       eval_fn=eval_fn, on_epoch_end=scramble)
+    assert result.best_epoch == 1 and result.best_score == 0.9
+    assert same_weights(model, snapshots[0]), "the restored weights are the ones eval_fn scored"
+
+
+def test_a_stop_from_the_hook_at_a_worse_epoch_still_restores_the_best():
+    eval_fn, snapshots = scripted([0.8, 0.6])
+    model = tiny_classifier()
+    result = quiet_fit(model, toy_examples(8), training.TrainConfig(epochs=4, batch_size=4, patience=3),
+                       eval_fn=eval_fn, on_epoch_end=lambda epoch, m, r: epoch == 2)
+    assert result.stopped_early and len(result.history) == 2
+    assert result.best_epoch == 1 and same_weights(model, snapshots[0])
