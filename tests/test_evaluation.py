@@ -5,35 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, BertForTokenClassification
+from tiny import bert_classifier as tiny_classifier
+from tiny import bert_config as tiny_config
+from tiny import toy_examples
+from transformers import BertForSequenceClassification, BertForTokenClassification
 
 from llmbook import evaluation
 from llmbook.encoding import pad_batch
 from llmbook.losses import IGNORE_INDEX
-
-
-def tiny_config(num_labels: int = 2) -> BertConfig:
-    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels)
-
-
-def tiny_classifier(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(tiny_config())
-
-
-def toy_examples(n: int = 24, seed: int = 0) -> list[dict]:
-    """Label 1 when token 5 occurs in the sentence; lengths vary from 3 to 10."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        ids = [1] + rng.integers(6, 40, size=rng.integers(1, 8)).tolist() + [2]
-        label = int(rng.random() < 0.5)
-        if label:
-            ids[rng.integers(1, len(ids) - 1)] = 5
-        out.append({"input_ids": ids, "labels": label})
-    return out
-
 
 # --------------------------------------------------------------------------- predictions
 

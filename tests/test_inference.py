@@ -8,35 +8,16 @@ import sys
 
 import pytest
 import torch
+from tiny import chat_tokenizer, single_token_words
 
 from llmbook import hardware
 from llmbook import inference as I
 from llmbook import prompting as P
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "a gripping film with a great cast", "a tedious mess of a movie", "the plot is thin but the acting is good",
-    "positive negative good bad yes no", "Review: one of the best films of the year",
-    "Sentiment: positive", "Sentiment: negative", "I would not watch it again",
-] * 20
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=400, min_frequency=2,
-                            special_tokens=["<|im_start|>", "<|im_end|>"], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
-                                  pad_token="<|im_end|>", bos_token="<|im_start|>")
-    tok.chat_template = CHAT_TEMPLATE
-    tok.padding_side = "left"
-    return tok
+    return chat_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +33,6 @@ def model(tokenizer):
         for p in lm.parameters():
             p.mul_(8.0) if p.dim() > 1 else None
     return lm.eval()
-
-
-def _single_token_words(tokenizer, n=2):
-    words = [w for w in ["positive", "negative", "good", "bad", "great", "the", "a", "is", "film"]
-             if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
-    assert len(words) >= n, "the test tokenizer should know a few whole words"
-    return words[:n]
 
 
 def _prompts(tokenizer):
@@ -132,7 +106,7 @@ def test_common_prefix_cuts_at_newlines_and_leaves_a_single_prompt_something_to_
 
 def test_score_next_tokens_matches_unbatched_forward(model, tokenizer):
     prompts = _prompts(tokenizer)
-    ids = P.label_word_ids(tokenizer, _single_token_words(tokenizer, 3))
+    ids = P.label_word_ids(tokenizer, single_token_words(tokenizer, 3))
     reference = torch.stack([_reference_logprobs(model, tokenizer, p, ids) for p in prompts])
     batched = I.score_next_tokens(model, tokenizer, prompts, ids, batch_size=4)  # left padding inside
     torch.testing.assert_close(batched, reference, atol=1e-5, rtol=1e-5)
@@ -208,7 +182,7 @@ def test_generate_greedy_refuses_bad_input(model, tokenizer):
 
 def test_grouped_query_switch_is_scoped_to_the_call(model, tokenizer, monkeypatch):
     prompts = _prompts(tokenizer)
-    ids = P.label_word_ids(tokenizer, _single_token_words(tokenizer, 2))
+    ids = P.label_word_ids(tokenizer, single_token_words(tokenizer, 2))
     monkeypatch.delenv("TRANSFORMERS_SDPA_FORCE_GQA", raising=False)
     I.score_next_tokens(model, tokenizer, prompts, ids, prefix=I.common_prefix(prompts, tokenizer))
     assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ

@@ -11,47 +11,21 @@ import sys
 
 import numpy as np
 import pytest
+from tiny import chat_tokenizer, single_token_words
 
 from llmbook import prompting as P
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-CORPUS = [
-    "a gripping film with a great cast", "a tedious mess of a movie", "the plot is thin but the acting is good",
-    "positive negative good bad yes no", "Review: one of the best films of the year",
-    "Sentiment: positive", "Sentiment: negative", "I would not watch it again",
-] * 20
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(CORPUS, vocab_size=400, min_frequency=2,
-                            special_tokens=["<|im_start|>", "<|im_end|>"], show_progress=False)
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
-                                  pad_token="<|im_end|>", bos_token="<|im_start|>")
-    tok.chat_template = CHAT_TEMPLATE
-    tok.padding_side = "left"
-    return tok
-
-
-def _single_token_words(tokenizer, n=2):
-    words = [w for w in ["positive", "negative", "good", "bad", "great", "the", "a", "is", "film"]
-             if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
-    assert len(words) >= n, "the test tokenizer should know a few whole words"
-    return words[:n]
+    return chat_tokenizer()
 
 
 # --------------------------------------------------------------------------- label words
 
 
 def test_label_word_ids_single_tokens(tokenizer):
-    words = _single_token_words(tokenizer)
+    words = single_token_words(tokenizer)
     ids = P.label_word_ids(tokenizer, words)
     assert [tokenizer.decode([i]) for i in ids] == words
 
@@ -60,10 +34,10 @@ def test_label_word_ids_refuses_multi_token_words(tokenizer):
     word = "unforgettably"
     assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) > 1
     with pytest.raises(ValueError, match=word):
-        P.label_word_ids(tokenizer, [_single_token_words(tokenizer)[0], word])
+        P.label_word_ids(tokenizer, [single_token_words(tokenizer)[0], word])
     with pytest.raises(TypeError):
         P.label_word_ids(tokenizer, "positive")
-    w = _single_token_words(tokenizer, 1)[0]
+    w = single_token_words(tokenizer, 1)[0]
     with pytest.raises(ValueError):
         P.label_word_ids(tokenizer, [w, w])
 

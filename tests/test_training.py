@@ -7,37 +7,16 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tiny import bert_classifier as tiny_classifier
+from tiny import toy_examples
+from transformers import BertForSequenceClassification
 
 from llmbook import evaluation, optim, regularizers, training
 from llmbook.encoding import pad_batch
 
 
-def tiny_config(num_labels: int = 2, **kw) -> BertConfig:
-    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels, **kw)
-
-
-def tiny_classifier(seed: int = 0, **kw) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(tiny_config(**kw))
-
-
 def no_dropout_classifier(seed: int = 0) -> BertForSequenceClassification:
     return tiny_classifier(seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-
-
-def toy_examples(n: int = 24, seed: int = 0) -> list[dict]:
-    """Label 1 when token 5 occurs in the sentence; lengths vary from 3 to 10."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        ids = [1] + rng.integers(6, 40, size=rng.integers(1, 8)).tolist() + [2]
-        label = int(rng.random() < 0.5)
-        if label:
-            ids[rng.integers(1, len(ids) - 1)] = 5
-        out.append({"input_ids": ids, "labels": label})
-    return out
 
 
 def quiet_fit(model, examples, config, **kw) -> training.TrainResult:
