@@ -12,6 +12,8 @@ for what weight decay applies to, and their schedules from the same factors:
   warmup from 0, linear decay to 0) and the pretraining schedule (a warmup that reaches the
   peak at its last step, then cosine decay to a floor); :func:`lambda_schedule` wraps a
   factor as a ``torch`` scheduler.
+- :func:`decoupled_decay_factor`: how much AdamW's decoupled weight decay shrinks a weight
+  over a whole run, ``prod_t (1 - lr_t * weight_decay)`` (chapter 4).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import nn
 
 __all__ = [
     "NORM_TYPES", "is_norm_module", "split_decay_parameters", "decay_parameter_groups", "make_optimizer",
-    "warmup_linear_factor", "warmup_cosine_lr", "lambda_schedule",
+    "warmup_linear_factor", "warmup_cosine_lr", "lambda_schedule", "decoupled_decay_factor",
 ]
 
 NORM_TYPES: tuple[type[nn.Module], ...] = (
@@ -160,3 +162,27 @@ def lambda_schedule(optimizer: torch.optim.Optimizer,
     """
     factor(0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- what decay does
+
+
+def decoupled_decay_factor(lrs, weight_decay: float) -> float:
+    """The factor by which AdamW's decoupled decay alone shrinks a weight over a run.
+
+    Each update multiplies every decayed weight by ``1 - lr_t * weight_decay`` before the Adam
+    step, so over the learning rates ``lrs`` of a run (``TrainResult.step_lrs``, or the
+    schedule) the decay alone leaves ``prod_t (1 - lr_t * weight_decay)`` of it. A factor near
+    1 means the decay did next to nothing; the Adam steps themselves are not included.
+    """
+    lrs = [float(lr) for lr in lrs]
+    if not lrs:
+        raise ValueError("no learning rates: pass one per update of the run")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+    if any(not math.isfinite(lr) or lr < 0 for lr in lrs):
+        raise ValueError("learning rates must be finite and >= 0")
+    factors = [1.0 - lr * weight_decay for lr in lrs]
+    if any(f <= 0 for f in factors):
+        raise ValueError("lr * weight_decay >= 1 at some step: the decay alone would zero or flip the weights")
+    return math.exp(sum(math.log(f) for f in factors))

@@ -11,6 +11,9 @@ baselines live here so that every notebook sees identical inputs:
 - :func:`balanced_subset`: a seeded subset of the training labels with the classes balanced;
   the same subset for every method that uses the same ``n`` and ``seed``.
 - :func:`small_data_config`: the fixed recipe for a few labels, with no validation-based choice.
+- :func:`train_on_subset` (:class:`SubsetRun`): one seeded run of that recipe on a balanced
+  subset, with any change to the recipe and any hooks of :func:`llmbook.training.fit`, scored
+  example by example on validation and test (what chapter 4 compares methods with).
 - :func:`new_classifier`: a sequence or token classifier on the pretrained encoder, or the
   identical network from random weights, with a seeded head.
 - :func:`fit_tfidf`, :func:`tfidf_grid`: the TF-IDF + logistic-regression baseline and its
@@ -21,8 +24,9 @@ baselines live here so that every notebook sees identical inputs:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +34,11 @@ import numpy as np
 
 from llmbook import hardware, models, runtime
 from llmbook.encoding import encode_texts, encode_words, length_order
-from llmbook.evaluation import accuracy
-from llmbook.training import TrainConfig
+from llmbook.evaluation import accuracy, predict_labels
+from llmbook.training import TrainConfig, TrainResult, fit
 
 __all__ = ["SPLITS", "SUBSET_SEED_OFFSET", "CLASSIFIER_TASKS", "PolarityTask", "polarity_task", "NerTask",
-           "ner_task", "balanced_subset", "small_data_config", "new_classifier", "fit_tfidf", "tfidf_grid",
+           "ner_task", "balanced_subset", "small_data_config", "SubsetRun", "train_on_subset", "new_classifier", "fit_tfidf", "tfidf_grid",
            "embed_by_length"]
 
 SPLITS = ("train", "validation", "test")
@@ -188,6 +192,73 @@ def small_data_config(n: int, seed: int, *, lr: float, bf16: bool, min_updates: 
     batch_size = 16 if n < 1000 else 32
     epochs = max(min_epochs, math.ceil(min_updates / math.ceil(n / batch_size)))
     return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, bf16=bf16, seed=seed)
+
+
+@dataclass
+class SubsetRun:
+    """One seeded run on a balanced subset: which examples it got right, and its training history.
+
+    ``correct[split]`` is a 0/1 array over the split's examples in their fixed order, so two
+    runs on the same split can be compared example by example (:func:`llmbook.stats.paired_bootstrap`).
+    ``model`` is the trained model when :func:`train_on_subset` was asked to keep it, else ``None``.
+    """
+
+    n: int
+    seed: int
+    correct: dict[str, np.ndarray]
+    result: TrainResult
+    seconds: float
+    model: Any = None
+
+    def accuracy(self, split: str) -> float:
+        if split not in self.correct:
+            raise KeyError(f"this run scored {sorted(self.correct)}, not {split!r}")
+        return float(self.correct[split].mean())
+
+
+def train_on_subset(task: PolarityTask, n: int | None, seed: int, *, lr: float = 1e-4, bf16: bool = False,
+                    min_updates: int = 60, changes: Mapping[str, Any] | None = None,
+                    prepare: Callable[[Any], Mapping[str, Any]] | None = None,
+                    build: Callable[[int], Any] | None = None,
+                    examples: Callable[[np.ndarray], Sequence[Mapping[str, Any]]] | None = None,
+                    splits: Sequence[str] = ("validation", "test"), device: Any = "cpu",
+                    keep_model: bool = False) -> SubsetRun:
+    """Fine-tune on ``balanced_subset(task.y["train"], n, seed)`` with :func:`small_data_config`.
+
+    ``n=None`` trains on the whole training split. ``changes`` replaces fields of the recipe
+    (``{"weight_decay": 0.0}``); ``build(seed)`` makes the model (default: :func:`new_classifier`
+    on the pretrained encoder); ``prepare(model)`` runs after the model is built and before
+    training and returns extra keyword arguments of :func:`llmbook.training.fit` (``extra_loss``,
+    ``trainable``, ``optimizer``, ``eval_fn``, ``on_epoch_end``), so that a hook can take the
+    weights it anchors to; ``examples(idx)`` turns the subset's positions into the training
+    examples (default: the encoded sentences; augmentation adds to them, and the recipe still
+    counts ``n`` labelled sentences). The seed fixes the subset, the head, the batch order and
+    dropout. Every split in ``splits`` is scored example by example.
+    """
+    import time
+
+    unknown = [s for s in splits if s not in task.enc]
+    if unknown or not splits:
+        raise ValueError(f"splits must name some of {sorted(task.enc)}, got {list(splits)}")
+    idx = np.arange(len(task.y["train"])) if n is None else balanced_subset(task.y["train"], n, seed)
+    config = small_data_config(len(idx), seed, lr=lr, bf16=bf16, min_updates=min_updates)
+    if changes:
+        bad = sorted(set(changes) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if bad:
+            raise ValueError(f"TrainConfig has no field(s) {bad}")
+        config = dataclasses.replace(config, **changes)
+    start = time.perf_counter()
+    model = build(seed) if build is not None else new_classifier(task.labels, seed=seed, device=device)
+    extra = dict(prepare(model)) if prepare is not None else {}
+    reserved = sorted(set(extra) & {"pad_token_id", "progress", "log"})
+    if reserved:
+        raise ValueError(f"prepare() may not set {reserved}: train_on_subset sets them")
+    train = list(examples(idx)) if examples is not None else task.train_examples(idx)
+    result = fit(model, train, config, pad_token_id=task.pad_token_id, progress=False, log=None, **extra)
+    seconds = time.perf_counter() - start
+    correct = {s: (predict_labels(model, task.enc[s], pad_token_id=task.pad_token_id, bf16=bf16) == task.y[s])
+               .astype(np.int8) for s in splits}
+    return SubsetRun(len(idx), seed, correct, result, seconds, model if keep_model else None)
 
 
 # --------------------------------------------------------------------------- models and baselines

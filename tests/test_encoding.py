@@ -5,31 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from tiny import bert_classifier as tiny_classifier
+from tiny import wordpiece_tokenizer
 
 from llmbook import encoding
 from llmbook.losses import IGNORE_INDEX
-
-
-def tiny_classifier(seed: int = 0) -> BertForSequenceClassification:
-    torch.manual_seed(seed)
-    return BertForSequenceClassification(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=32,
-                                                    max_position_embeddings=32, num_labels=2))
-
-
-def wordpiece_tokenizer():
-    """A fast WordPiece tokenizer over eight entries: "yorkers" splits into "york" + "##ers"."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "new": 4, "york": 5, "##ers": 6, "love": 7}
-    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
-
 
 # --------------------------------------------------------------------------- label alignment
 

@@ -193,3 +193,24 @@ def test_warmup_cosine_lr_refusals_and_no_warmup():
 def test_warmup_linear_factor_refuses_a_negative_step():
     with pytest.raises(ValueError, match="non-negative"):
         optim.warmup_linear_factor(-1, 10, 100)
+
+
+def test_decoupled_decay_factor_matches_adamw_with_zero_gradients():
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.5)
+    sched = optim.lambda_schedule(opt, lambda s: optim.warmup_linear_factor(s, 2, 8))
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        w.grad = torch.zeros(3)  # Adam's own step is 0: only the decay moves the weight
+        opt.step()
+        sched.step()
+    assert optim.decoupled_decay_factor(lrs, 0.5) == pytest.approx(float(w.detach()[0]), rel=1e-6)
+    assert optim.decoupled_decay_factor(lrs, 0.0) == 1.0
+    assert optim.decoupled_decay_factor([1e-4] * 100, 0.01) == pytest.approx((1 - 1e-6) ** 100)
+    with pytest.raises(ValueError, match="no learning rates"):
+        optim.decoupled_decay_factor([], 0.1)
+    with pytest.raises(ValueError, match="weight_decay"):
+        optim.decoupled_decay_factor([0.1], -1)
+    with pytest.raises(ValueError, match="zero or flip"):
+        optim.decoupled_decay_factor([0.5], 2.0)

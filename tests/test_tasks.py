@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import bert_classifier, toy_examples
 
-from llmbook import tasks
+from llmbook import regularizers, tasks
 
 
 def test_balanced_subset_is_balanced_sorted_and_reproducible():
@@ -59,6 +60,68 @@ def test_small_data_config_gives_enough_updates(n, batch, epochs):
 def test_small_data_config_rejects_bad_input(kwargs):
     with pytest.raises(ValueError):
         tasks.small_data_config(seed=0, lr=1e-4, bf16=False, **kwargs)
+
+
+def toy_task() -> tasks.PolarityTask:
+    """A PolarityTask over the toy examples (label 1 when token 5 occurs), built without assets."""
+    enc = {"train": toy_examples(48, seed=0), "validation": toy_examples(20, seed=1), "test": toy_examples(30, seed=2)}
+    y = {s: np.array([e["labels"] for e in examples]) for s, examples in enc.items()}
+
+    class Tok:
+        pad_token_id = 0
+
+    return tasks.PolarityTask(labels=["neg", "pos"], splits={}, texts={s: [""] * len(v) for s, v in enc.items()},
+                              y=y, enc=enc, tokenizer=Tok(), max_length=16)
+
+
+def test_train_on_subset_scores_every_example_and_applies_changes_and_hooks():
+    task = toy_task()
+    seen = {}
+
+    def prepare(model):
+        seen["anchor"] = regularizers.parameter_snapshot(model, exclude=lambda n: n.startswith("classifier."))
+        return {"extra_loss": regularizers.l2_sp_extra_loss(seen["anchor"], 0.5)}
+
+    run = tasks.train_on_subset(task, 16, seed=3, lr=1e-3, min_updates=4, changes={"weight_decay": 0.0},
+                                prepare=prepare, build=lambda seed: bert_classifier(seed), keep_model=True)
+    assert run.n == 16 and run.seed == 3 and run.model is not None
+    assert {s: len(c) for s, c in run.correct.items()} == {"validation": 20, "test": 30}
+    assert set(np.unique(run.correct["test"]).tolist()) <= {0, 1}
+    assert run.accuracy("test") == pytest.approx(run.correct["test"].mean())
+    assert all(s.extra_loss is not None for s in run.result.steps), "the hook from prepare() ran at every step"
+    assert run.result.examples_seen == 16 * 4 and run.result.history[-1].epoch == 4  # 1 batch of 16, >= 4 updates
+    again = tasks.train_on_subset(task, 16, seed=3, lr=1e-3, min_updates=4, changes={"weight_decay": 0.0},
+                                  prepare=prepare, build=lambda seed: bert_classifier(seed))
+    assert np.array_equal(again.correct["test"], run.correct["test"]) and again.model is None
+    with pytest.raises(KeyError, match="not 'train'"):
+        run.accuracy("train")
+
+
+def test_train_on_subset_refuses_bad_arguments():
+    task = toy_task()
+    build = lambda seed: bert_classifier(seed)  # noqa: E731
+    with pytest.raises(ValueError, match="no field"):
+        tasks.train_on_subset(task, 8, 0, changes={"weight_decy": 0.1}, build=build)
+    with pytest.raises(ValueError, match="splits must name"):
+        tasks.train_on_subset(task, 8, 0, splits=("dev",), build=build)
+    with pytest.raises(ValueError, match="may not set"):
+        tasks.train_on_subset(task, 8, 0, prepare=lambda m: {"log": None}, build=build)
+
+
+def test_train_on_subset_takes_all_labels_and_augmented_examples():
+    task = toy_task()
+    build = lambda seed: bert_classifier(seed)  # noqa: E731
+    run = tasks.train_on_subset(task, None, 0, lr=1e-3, min_updates=2, build=build, splits=("test",))
+    assert run.n == 48 and run.result.examples_seen == 48 * 3  # batch 16: 3 updates an epoch, 3 epochs
+    got = {}
+
+    def doubled(idx):
+        got["idx"] = idx
+        return task.train_examples(idx) * 2
+
+    run = tasks.train_on_subset(task, 16, 0, lr=1e-3, min_updates=2, build=build, examples=doubled)
+    assert np.array_equal(got["idx"], tasks.balanced_subset(task.y["train"], 16, 0))
+    assert run.n == 16 and run.result.examples_seen == 32 * 3, "the recipe counts 16 sentences; 32 examples train"
 
 
 def test_fit_tfidf_learns_a_word_rule_and_rejects_bad_input():

@@ -31,6 +31,19 @@ def chat_tokenizer():
     return tok
 
 
+def wordpiece_tokenizer():
+    """A fast WordPiece tokenizer over eight entries: "yorkers" splits into "york" + "##ers"."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "new": 4, "york": 5, "##ers": 6, "love": 7}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+
+
 def single_token_words(tokenizer, n: int = 2) -> list[str]:
     words = [w for w in ["positive", "negative", "good", "bad", "great", "the", "a", "is", "film"]
              if len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1]
