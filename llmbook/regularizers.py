@@ -7,17 +7,24 @@ Chapter 2 derives L2-SP; chapter 4 adds the rest. Each penalty can be handed to
 - :func:`l2_sp_penalty`: ``alpha / 2 * ||theta - theta_0||^2`` (Li, Grandvalet & Davoine 2018),
   whose gradient is ``alpha * (theta - theta_0)``.
 - :func:`l2_sp_extra_loss`: the same penalty as an ``extra_loss(model, batch, outputs)`` hook.
+- :func:`set_dropout`: one dropout rate for every ``nn.Dropout`` of a model.
+- :func:`layerwise_lr_groups`: AdamW parameter groups whose learning rate falls by a factor
+  ``xi`` per block from the top of the encoder down (layer-wise learning-rate decay).
+- :func:`reinit_top_blocks`: the top ``k`` transformer blocks (and the pooler) drawn afresh
+  from the model's own initialiser (Zhang et al. 2021).
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["parameter_snapshot", "l2_sp_penalty", "l2_sp_extra_loss"]
+__all__ = ["parameter_snapshot", "l2_sp_penalty", "l2_sp_extra_loss", "set_dropout", "layer_depth",
+           "layerwise_lr_groups", "reinit_top_blocks"]
 
 
 def parameter_snapshot(model: nn.Module, *, exclude: Callable[[str], bool] | None = None) -> dict[str, Tensor]:
@@ -75,3 +82,74 @@ def l2_sp_extra_loss(reference: Mapping[str, Tensor], alpha: float) -> Callable[
         return l2_sp_penalty(model, reference, alpha)
 
     return extra_loss
+
+
+# --------------------------------------------------------------------------- recipe knobs
+
+
+def set_dropout(model: nn.Module, rate: float) -> int:
+    """Set every ``nn.Dropout`` of ``model`` to ``rate`` (attention, hidden and head); returns how many."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"a dropout rate lies in [0, 1), got {rate}")
+    layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    if not layers:
+        raise ValueError("the model has no nn.Dropout layer")
+    for m in layers:
+        m.p = float(rate)
+    return len(layers)
+
+
+_LAYER = re.compile(r"(?:^|\.)layer\.(\d+)\.")
+
+
+def layer_depth(name: str, n_layers: int) -> int:
+    """How many blocks below the top a parameter sits: 0 for the head, the pooler and the top
+    block, ``n_layers - 1 - i`` for block ``i``, ``n_layers`` for the embeddings."""
+    match = _LAYER.search(name)
+    if match:
+        i = int(match.group(1))
+        if not 0 <= i < n_layers:
+            raise ValueError(f"{name}: block {i} outside 0..{n_layers - 1}")
+        return n_layers - 1 - i
+    return n_layers if "embeddings." in name else 0
+
+
+def layerwise_lr_groups(model: nn.Module, lr: float, xi: float, *, n_layers: int,
+                        weight_decay: float = 0.01) -> list[dict]:
+    """AdamW parameter groups with layer-wise learning-rate decay: ``lr * xi ** depth``.
+
+    ``depth`` is :func:`layer_depth` (the head and the top block get ``lr``, the embeddings
+    ``lr * xi ** n_layers``). Weight decay follows :func:`llmbook.optim.decay_parameter_groups`'s
+    rule (matrices decay, biases and normalisation weights do not). Only trainable parameters
+    are included. Pass the groups to ``torch.optim.AdamW``; the schedule of ``fit`` scales every
+    group's rate by the same factor.
+    """
+    from llmbook.optim import split_decay_parameters
+
+    if not lr > 0 or not 0 < xi <= 1:
+        raise ValueError(f"need lr > 0 and 0 < xi <= 1, got lr={lr}, xi={xi}")
+    decay, _ = split_decay_parameters(model)
+    decay = set(decay)
+    groups: dict[tuple[int, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((layer_depth(name, n_layers), name in decay), []).append(p)
+    return [{"params": params, "lr": lr * xi ** depth, "weight_decay": weight_decay if decays else 0.0}
+            for (depth, decays), params in sorted(groups.items())]
+
+
+def reinit_top_blocks(model: nn.Module, k: int) -> list[str]:
+    """Draw the top ``k`` transformer blocks and the pooler afresh with the model's own
+    initialiser (``model._init_weights``), in place; returns the re-initialised module names."""
+    layers = getattr(getattr(getattr(model, "base_model", model), "encoder", None), "layer", None)
+    if layers is None or not hasattr(model, "_init_weights"):
+        raise ValueError("reinit_top_blocks needs a transformers BERT-style model (base_model.encoder.layer)")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(layers):
+        raise ValueError(f"k must lie in 1..{len(layers)}, got {k!r}")
+    targets = [(f"layer {len(layers) - k + j}", layers[len(layers) - k + j]) for j in range(k)]
+    pooler = getattr(model.base_model, "pooler", None)
+    if pooler is not None:
+        targets.append(("pooler", pooler))
+    for _, module in targets:
+        module.apply(model._init_weights)
+    return [name for name, _ in targets]

@@ -77,3 +77,58 @@ def test_parameter_snapshot_can_leave_out_a_new_head():
     assert float(regularizers.l2_sp_penalty(model, snapshot, 1.0).detach()) == 0.0
     with pytest.raises(ValueError, match="no trainable parameter is left"):
         regularizers.parameter_snapshot(model, exclude=lambda name: True)
+
+
+def test_set_dropout_sets_every_dropout_layer():
+    from tiny import bert_classifier
+
+    model = bert_classifier()
+    n = regularizers.set_dropout(model, 0.3)
+    rates = [m.p for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert n == len(rates) > 3 and set(rates) == {0.3}
+    with pytest.raises(ValueError, match="dropout rate"):
+        regularizers.set_dropout(model, 1.0)
+    with pytest.raises(ValueError, match="no nn.Dropout"):
+        regularizers.set_dropout(nn.Linear(2, 2), 0.1)
+
+
+def test_layerwise_lr_groups_scale_the_rate_by_depth():
+    from tiny import bert_classifier
+
+    model = bert_classifier(num_hidden_layers=3)
+    groups = regularizers.layerwise_lr_groups(model, 1e-3, 0.5, n_layers=3)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert rate[id(named["classifier.weight"])] == 1e-3 and rate[id(named["bert.pooler.dense.weight"])] == 1e-3
+    assert rate[id(named["bert.encoder.layer.2.output.dense.weight"])] == 1e-3
+    assert rate[id(named["bert.encoder.layer.0.output.dense.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert rate[id(named["bert.embeddings.word_embeddings.weight"])] == pytest.approx(1e-3 * 0.125)
+    assert decay[id(named["bert.encoder.layer.0.output.dense.bias"])] == 0.0
+    assert decay[id(named["bert.encoder.layer.0.output.dense.weight"])] == 0.01
+    assert len(rate) == len(named), "every trainable parameter is in exactly one group"
+    with pytest.raises(ValueError, match="xi"):
+        regularizers.layerwise_lr_groups(model, 1e-3, 0.0, n_layers=3)
+    with pytest.raises(ValueError, match="outside"):
+        regularizers.layer_depth("bert.encoder.layer.5.output.dense.weight", 3)
+
+
+def test_reinit_top_blocks_redraws_only_the_top():
+    from tiny import bert_classifier
+
+    model = bert_classifier(num_hidden_layers=2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert regularizers.reinit_top_blocks(model, 1) == ["layer 1", "pooler"]
+    after = dict(model.named_parameters())
+    assert not torch.equal(before["bert.encoder.layer.1.output.dense.weight"],
+                           after["bert.encoder.layer.1.output.dense.weight"])
+    assert not torch.equal(before["bert.pooler.dense.weight"], after["bert.pooler.dense.weight"])
+    assert torch.equal(before["bert.encoder.layer.0.output.dense.weight"],
+                       after["bert.encoder.layer.0.output.dense.weight"])
+    assert torch.equal(before["classifier.weight"], after["classifier.weight"])
+    std = float(after["bert.encoder.layer.1.output.dense.weight"].detach().std())
+    assert abs(std - model.config.initializer_range) < 0.01, "drawn from the model's own initialiser"
+    with pytest.raises(ValueError, match="k must lie"):
+        regularizers.reinit_top_blocks(model, 3)
+    with pytest.raises(ValueError, match="BERT-style"):
+        regularizers.reinit_top_blocks(nn.Linear(2, 2), 1)
