@@ -18,7 +18,8 @@ PACKAGE_DIR = ROOT / "llmbook"
 LAYERS = {
     **dict.fromkeys(["assets", "data", "profile", "runtime", "hardware", "models", "execute", "metrics"], 0),
     **dict.fromkeys(["losses", "stats", "encoding", "optim"], 1),
-    **dict.fromkeys(["training", "evaluation", "calibration", "inference", "regularizers", "gpt", "forgetting"], 2),
+    **dict.fromkeys(["training", "evaluation", "calibration", "inference", "regularizers", "gpt", "forgetting",
+                      "parameter_efficient", "comparisons"], 2),
     **dict.fromkeys(["tasks", "prompting"], 3),
 }
 

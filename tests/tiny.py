@@ -54,8 +54,9 @@ def single_token_words(tokenizer, n: int = 2) -> list[str]:
 def bert_config(num_labels: int = 2, **kw):
     from transformers import BertConfig
 
-    return BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=32, max_position_embeddings=32, num_labels=num_labels, **kw)
+    settings = dict(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=32, max_position_embeddings=32) | kw
+    return BertConfig(num_labels=num_labels, **settings)
 
 
 def bert_classifier(seed: int = 0, **kw):
