@@ -150,6 +150,13 @@ def reinit_top_blocks(model: nn.Module, k: int) -> list[str]:
     pooler = getattr(model.base_model, "pooler", None)
     if pooler is not None:
         targets.append(("pooler", pooler))
+    weights = [p for _, module in targets for p in module.parameters()]
+    for p in weights:  # loaded weights are flagged as initialised, and the initialiser skips them
+        if getattr(p, "_is_hf_initialized", False):
+            p._is_hf_initialized = False
+    before = [p.detach().clone() for p in weights]
     for _, module in targets:
         module.apply(model._init_weights)
+    if all(torch.equal(b, p) for b, p in zip(before, weights, strict=True)):
+        raise RuntimeError("the model's initialiser changed none of the re-initialised weights")
     return [name for name, _ in targets]

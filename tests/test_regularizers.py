@@ -130,5 +130,18 @@ def test_reinit_top_blocks_redraws_only_the_top():
     assert abs(std - model.config.initializer_range) < 0.01, "drawn from the model's own initialiser"
     with pytest.raises(ValueError, match="k must lie"):
         regularizers.reinit_top_blocks(model, 3)
+
+
+def test_reinit_top_blocks_redraws_weights_flagged_as_loaded():
+    """from_pretrained flags every loaded weight as initialised, and the model's initialiser
+    then skips it: re-initialising must still draw the top block afresh."""
+    from tiny import bert_classifier
+
+    model = bert_classifier(num_hidden_layers=2)
+    for p in model.parameters():
+        p._is_hf_initialized = True
+    before = model.bert.encoder.layer[1].output.dense.weight.detach().clone()
+    regularizers.reinit_top_blocks(model, 1)
+    assert not torch.equal(before, model.bert.encoder.layer[1].output.dense.weight)
     with pytest.raises(ValueError, match="BERT-style"):
         regularizers.reinit_top_blocks(nn.Linear(2, 2), 1)
