@@ -254,18 +254,35 @@ class IntrinsicDimension(nn.Module):
 
     def delta(self) -> Tensor:
         """``P z`` as one flat vector over every weight, in ``named_parameters`` order."""
-        return self.z[self.index] * self.coef
+        return _SketchProject.apply(self.z, self.index, self.coef)
 
     def forward(self, *args, **kwargs):
         from torch.func import functional_call
 
-        flat = self.delta()
-        params, offset = {}, 0
         base = dict(self.model.named_parameters())
-        for name, shape, size in zip(self.names, self.shapes, self.sizes, strict=True):
-            params[name] = base[name] + flat[offset:offset + size].view(shape).to(base[name].dtype)
-            offset += size
+        # one split (its backward is one concatenation), not a slice per tensor (each slice's
+        # backward would write a full-length zero vector)
+        pieces = torch.split(self.delta(), self.sizes)
+        params = {name: base[name] + piece.view(shape).to(base[name].dtype)
+                  for name, shape, piece in zip(self.names, self.shapes, pieces, strict=True)}
         return functional_call(self.model, params, args, kwargs)
+
+
+class _SketchProject(torch.autograd.Function):
+    """``z[index] * coef`` with a fast backward: ``P^T g`` as one scatter-add into ``d`` bins
+    (the generic backward of indexing, an accumulating index_put, is many times slower)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, index: Tensor, coef: Tensor) -> Tensor:
+        ctx.save_for_backward(index, coef)
+        ctx.d = z.shape[0]
+        return z[index] * coef
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        index, coef = ctx.saved_tensors
+        grad_z = torch.zeros(ctx.d, dtype=grad.dtype, device=grad.device).scatter_add_(0, index, grad * coef)
+        return grad_z, None, None
 
 
 def count_parameters(model: nn.Module, trainable: Callable[[str, nn.Parameter], bool] | None = None) -> tuple[int, int]:

@@ -19,7 +19,7 @@ LAYERS = {
     **dict.fromkeys(["assets", "data", "profile", "runtime", "hardware", "models", "execute", "metrics"], 0),
     **dict.fromkeys(["losses", "stats", "encoding", "optim"], 1),
     **dict.fromkeys(["training", "evaluation", "calibration", "inference", "regularizers", "gpt", "forgetting",
-                      "parameter_efficient", "comparisons"], 2),
+                      "parameter_efficient", "comparisons", "augmentation"], 2),
     **dict.fromkeys(["tasks", "prompting"], 3),
 }
 

@@ -148,3 +148,19 @@ def test_intrinsic_dimension_refuses_bad_d():
         pe.IntrinsicDimension(bert_classifier(), d=0)
     with pytest.raises(ValueError, match="exceeds"):
         pe.IntrinsicDimension(bert_classifier(), d=10**9)
+
+
+def test_intrinsic_dimension_backward_matches_autograd_of_plain_indexing():
+    """The scatter-add backward of P z must give the gradient that autograd gives z[index] * coef."""
+    wrapped = pe.IntrinsicDimension(bert_classifier(), d=7, seed=1)
+    weights = torch.randn(wrapped.D)
+    fast = torch.zeros(7, requires_grad=True)
+    slow = torch.zeros(7, requires_grad=True)
+    with torch.no_grad():
+        fast.add_(torch.randn(7))
+        slow.copy_(fast)
+    (pe._SketchProject.apply(fast, wrapped.index, wrapped.coef) * weights).sum().backward()
+    ((slow[wrapped.index] * wrapped.coef) * weights).sum().backward()
+    torch.testing.assert_close(fast.grad, slow.grad, rtol=1e-4, atol=1e-4)
+    assert torch.equal(pe._SketchProject.apply(fast, wrapped.index, wrapped.coef).detach(),
+                       (slow[wrapped.index] * wrapped.coef).detach())
